@@ -28,7 +28,9 @@ where
     w.flush().map_err(|e| IoError::os(path, "write failed", e))?;
     let file = w.into_inner().map_err(|e| IoError::os(path, "write failed", e.into_error()))?;
     file.sync_all().map_err(|e| IoError::os(path, "sync failed", e))?;
-    tmp_path.persist(path).map_err(|e| IoError::os(path, "cannot rename the temporary file onto the output", e.error))?;
+    tmp_path
+        .persist(path)
+        .map_err(|e| IoError::os(path, "cannot rename the temporary file onto the output", e.error))?;
     Ok(())
 }
 

@@ -84,13 +84,23 @@ impl IoError {
     pub fn field(path: impl AsRef<Path>, field: impl Into<String>, msg: impl Into<String>) -> Self {
         Self::new(path, Loc::Field(field.into()), msg)
     }
-    pub fn line_field(path: impl AsRef<Path>, line: usize, field: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn line_field(
+        path: impl AsRef<Path>,
+        line: usize,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Self::new(path, Loc::LineField(line, field.into()), msg)
     }
     pub fn index(path: impl AsRef<Path>, index: usize, msg: impl Into<String>) -> Self {
         Self::new(path, Loc::Index(index), msg)
     }
-    pub fn index_field(path: impl AsRef<Path>, index: usize, field: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn index_field(
+        path: impl AsRef<Path>,
+        index: usize,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Self::new(path, Loc::IndexField(index, field.into()), msg)
     }
 }
