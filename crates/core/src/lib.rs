@@ -1,2 +1,8 @@
 //! cryoforge-core: units, rotations, CTF, FFT layout, filters, masks and FSC —
 //! the conventions every other crate goes through (see CONVENTIONS.md).
+
+pub mod ctf;
+pub mod rotation;
+
+pub use ctf::CtfParams;
+pub use rotation::{CsRotVec, EulerRelion, Quat, Rot3};

@@ -1,0 +1,268 @@
+//! Contrast transfer function, in cryoDRGN's formula and sign.
+//!
+//! ```text
+//! λ  = 12.2639 / sqrt(V + 0.97845e-6·V²)         (Å; V in volts)
+//! Δf = ½(dfU + dfV + (dfU − dfV)·cos(2(α − dfAng)))  (Å, underfocus positive)
+//! γ  = 2π(−½·Δf·λ·s² + ¼·Cs·λ³·s⁴) − φ
+//! CTF = scale · (sqrt(1 − w²)·sin γ − w·cos γ) · exp(−B·s²/4)
+//! ```
+//! with s = (sx, sy) in 1/Å, sx along image columns, α = atan2(sy, sx).
+//! `CTF(0) = −w·scale`: the physical sign under which a protein (positive
+//! potential) images dark. RELION-extracted particles are protein-bright, so the
+//! forward model of cryoforge is `image = F⁻¹[−CTF · F[projection]]` (see
+//! CONVENTIONS.md). Pinned by `tests::ctf_matches_cryodrgn_golden`.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-particle CTF parameters with explicit units.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CtfParams {
+    pub defocus_u_a: f64,
+    pub defocus_v_a: f64,
+    pub defocus_angle_deg: f64,
+    pub voltage_kv: f64,
+    pub cs_mm: f64,
+    pub amp_contrast: f64,
+    pub phase_shift_deg: f64,
+    /// Envelope B-factor in Å² (`rlnCtfBfactor`); 0 means none.
+    pub bfactor_a2: f64,
+    /// Overall scale (`rlnCtfScalefactor`, cryoSPARC `ctf/scale`); 1 means none.
+    pub scale: f64,
+}
+
+impl Default for CtfParams {
+    fn default() -> Self {
+        CtfParams {
+            defocus_u_a: 15000.0,
+            defocus_v_a: 15000.0,
+            defocus_angle_deg: 0.0,
+            voltage_kv: 300.0,
+            cs_mm: 2.7,
+            amp_contrast: 0.1,
+            phase_shift_deg: 0.0,
+            bfactor_a2: 0.0,
+            scale: 1.0,
+        }
+    }
+}
+
+/// Relativistic electron wavelength in Å for an acceleration voltage in kV.
+pub fn electron_wavelength_a(voltage_kv: f64) -> f64 {
+    let v = voltage_kv * 1000.0;
+    12.2639 / (v + 0.97845e-6 * v * v).sqrt()
+}
+
+/// Precomputed constants of one CTF, for fast repeated evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct CtfEval {
+    lambda: f64,
+    cs_a: f64,
+    df_mean: f64,
+    df_diff: f64,
+    df_ang: f64,
+    phase: f64,
+    w: f64,
+    sqrt_1mw2: f64,
+    bfactor: f64,
+    scale: f64,
+}
+
+impl CtfParams {
+    /// Error message when a parameter is non-finite or physically impossible.
+    pub fn check(&self) -> Result<(), String> {
+        let vals = [
+            ("defocus U", self.defocus_u_a),
+            ("defocus V", self.defocus_v_a),
+            ("defocus angle", self.defocus_angle_deg),
+            ("voltage", self.voltage_kv),
+            ("Cs", self.cs_mm),
+            ("amplitude contrast", self.amp_contrast),
+            ("phase shift", self.phase_shift_deg),
+            ("B-factor", self.bfactor_a2),
+            ("scale", self.scale),
+        ];
+        for (n, v) in vals {
+            if !v.is_finite() {
+                return Err(format!("CTF {n} is {v}"));
+            }
+        }
+        if self.voltage_kv <= 0.0 {
+            return Err(format!("CTF voltage {} kV must be positive", self.voltage_kv));
+        }
+        if !(0.0..=1.0).contains(&self.amp_contrast) {
+            return Err(format!("CTF amplitude contrast {} must lie in [0, 1]", self.amp_contrast));
+        }
+        Ok(())
+    }
+
+    pub fn evaluator(&self) -> CtfEval {
+        let w = self.amp_contrast;
+        CtfEval {
+            lambda: electron_wavelength_a(self.voltage_kv),
+            cs_a: self.cs_mm * 1e7,
+            df_mean: 0.5 * (self.defocus_u_a + self.defocus_v_a),
+            df_diff: 0.5 * (self.defocus_u_a - self.defocus_v_a),
+            df_ang: self.defocus_angle_deg.to_radians(),
+            phase: self.phase_shift_deg.to_radians(),
+            w,
+            sqrt_1mw2: (1.0 - w * w).max(0.0).sqrt(),
+            bfactor: self.bfactor_a2,
+            scale: self.scale,
+        }
+    }
+
+    /// CTF at spatial frequency (sx, sy) in 1/Å.
+    pub fn eval(&self, sx: f64, sy: f64) -> f64 {
+        self.evaluator().eval(sx, sy)
+    }
+}
+
+impl CtfEval {
+    /// The phase γ (radians) at spatial frequency (sx, sy) in 1/Å.
+    #[inline]
+    pub fn gamma(&self, sx: f64, sy: f64) -> f64 {
+        let s2 = sx * sx + sy * sy;
+        let alpha = sy.atan2(sx);
+        let df = self.df_mean + self.df_diff * (2.0 * (alpha - self.df_ang)).cos();
+        let l = self.lambda;
+        2.0 * std::f64::consts::PI * (-0.5 * df * l * s2 + 0.25 * self.cs_a * l * l * l * s2 * s2)
+            - self.phase
+    }
+
+    /// CTF at spatial frequency (sx, sy) in 1/Å.
+    #[inline]
+    pub fn eval(&self, sx: f64, sy: f64) -> f64 {
+        let s2 = sx * sx + sy * sy;
+        let gamma = self.gamma(sx, sy);
+        let mut c = self.sqrt_1mw2 * gamma.sin() - self.w * gamma.cos();
+        if self.bfactor != 0.0 {
+            c *= (-self.bfactor * s2 / 4.0).exp();
+        }
+        c * self.scale
+    }
+}
+
+/// Fill `out` (D×D, row-major) with the CTF on the centred grid: element
+/// `[row][col]` at `s = ((col − D/2), (row − D/2)) / (D·apix)`.
+pub fn ctf_grid_centered(p: &CtfParams, d: usize, apix_a: f64, out: &mut [f32]) {
+    assert_eq!(out.len(), d * d, "ctf_grid_centered: output must be D×D");
+    let e = p.evaluator();
+    let inv = 1.0 / (d as f64 * apix_a);
+    let h = (d / 2) as f64;
+    for (r, row) in out.chunks_exact_mut(d).enumerate() {
+        let sy = (r as f64 - h) * inv;
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = e.eval((c as f64 - h) * inv, sy) as f32;
+        }
+    }
+}
+
+/// Fill `out` (D × (D/2+1), row-major) with the CTF on the half-plane layout of a
+/// real FFT in **unshifted** order: row r ↔ ky = r for r < D/2 else r − D,
+/// column c ↔ kx = c.
+pub fn ctf_grid_rfft(p: &CtfParams, d: usize, apix_a: f64, out: &mut [f32]) {
+    let w = d / 2 + 1;
+    assert_eq!(out.len(), d * w, "ctf_grid_rfft: output must be D×(D/2+1)");
+    let e = p.evaluator();
+    let inv = 1.0 / (d as f64 * apix_a);
+    for (r, row) in out.chunks_exact_mut(w).enumerate() {
+        let ky = if r < d.div_ceil(2) { r as f64 } else { r as f64 - d as f64 };
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = e.eval(c as f64 * inv, ky * inv) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden values: cryoDRGN 4.3.1 `cryodrgn.ctf.compute_ctf` on a 64×64 grid at 1.5 Å/px.
+    #[test]
+    fn ctf_matches_cryodrgn_golden() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+        let dir = std::env::var("CRYOFORGE_TEST_DATA").map(std::path::PathBuf::from).unwrap_or(root);
+        let path = dir.join("reference/cryodrgn_golden.json");
+        let Ok(s) = std::fs::read_to_string(&path) else {
+            eprintln!("SKIP ctf_matches_cryodrgn_golden: {} not found", path.display());
+            return;
+        };
+        let g: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let c = &g["ctf"];
+        let d = c["box"].as_u64().unwrap() as usize;
+        let apix = c["apix_A"].as_f64().unwrap();
+        for case in c["cases"].as_array().unwrap() {
+            let pr = &case["params"];
+            let f = |k: &str| pr[k].as_f64().unwrap_or(0.0);
+            let p = CtfParams {
+                defocus_u_a: f("defocus_u_A"),
+                defocus_v_a: f("defocus_v_A"),
+                defocus_angle_deg: f("defocus_angle_deg"),
+                voltage_kv: f("voltage_kV"),
+                cs_mm: f("cs_mm"),
+                amp_contrast: f("amplitude_contrast"),
+                phase_shift_deg: f("phase_shift_deg"),
+                bfactor_a2: f("bfactor_A2"),
+                scale: 1.0,
+            };
+            let want: Vec<f64> =
+                case["ctf_row_major"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let e = p.evaluator();
+            let h = (d / 2) as f64;
+            let inv = 1.0 / (d as f64 * apix);
+            for r in 0..d {
+                for col in 0..d {
+                    let (sx, sy) = ((col as f64 - h) * inv, (r as f64 - h) * inv);
+                    let got = e.eval(sx, sy);
+                    let w = want[r * d + col];
+                    // cryoDRGN evaluates in float32 (torch): its γ carries a rounding error
+                    // of order ε₃₂·|γ| (measured: ≤ 0.4·ε₃₂·|γ|). Tolerance: 1e-6 plus 2·ε₃₂·|γ|.
+                    let tol = 1e-6 + 2.0 * f32::EPSILON as f64 * e.gamma(sx, sy).abs();
+                    assert!((got - w).abs() <= tol, "{p:?} [{r}][{col}] {got} vs {w} (tol {tol:.2e})");
+                }
+            }
+            // The f32 grid filler agrees with the scalar evaluator.
+            let mut grid = vec![0f32; d * d];
+            ctf_grid_centered(&p, d, apix, &mut grid);
+            for (i, g) in grid.iter().enumerate() {
+                let (sx, sy) = (((i % d) as f64 - h) * inv, ((i / d) as f64 - h) * inv);
+                assert!((*g as f64 - e.eval(sx, sy)).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn ctf_at_zero_is_minus_amplitude_contrast() {
+        let p = CtfParams { amp_contrast: 0.07, ..Default::default() };
+        assert!((p.eval(0.0, 0.0) + 0.07).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rfft_grid_matches_centered_grid() {
+        let p = CtfParams {
+            defocus_u_a: 12000.0,
+            defocus_v_a: 9000.0,
+            defocus_angle_deg: 33.0,
+            ..Default::default()
+        };
+        let d = 16;
+        let mut c = vec![0f32; d * d];
+        let mut h = vec![0f32; d * (d / 2 + 1)];
+        ctf_grid_centered(&p, d, 1.3, &mut c);
+        ctf_grid_rfft(&p, d, 1.3, &mut h);
+        for r in 0..d {
+            for k in 0..=d / 2 {
+                let cr = (r + d / 2) % d; // centred row of unshifted row r
+                let cc = k + d / 2; // centred column of kx = k (k ≤ D/2)
+                if cc < d {
+                    assert!((h[r * (d / 2 + 1) + k] - c[cr * d + cc]).abs() < 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wavelength_300kv() {
+        assert!((electron_wavelength_a(300.0) - 0.019687).abs() < 1e-5);
+    }
+}
