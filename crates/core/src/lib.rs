@@ -2,6 +2,9 @@
 //! the conventions every other crate goes through (see CONVENTIONS.md).
 
 pub mod ctf;
+pub mod fft;
+pub mod filter;
+pub mod fsc;
 pub mod rotation;
 
 pub use ctf::CtfParams;
