@@ -1,1 +1,70 @@
-fn main() {}
+//! The `cryoforge` binary: argument parsing and glue. Every capability lives in a
+//! library crate; each subcommand is one module in `cmd/`.
+
+mod cmd;
+mod common;
+
+use clap::{Parser, Subcommand};
+
+/// cryoforge — fast cryo-EM single-particle analysis that reads and writes the files of
+/// RELION, cryoSPARC, cryoDRGN and ChimeraX.
+#[derive(Parser)]
+#[command(name = "cryoforge", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Print only errors and the final result line.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More logging (-v info, -vv debug).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Info(cmd::info::Args),
+    Convert(cmd::convert::Args),
+    Select(cmd::select::Args),
+    Downsample(cmd::downsample::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRYOFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    if let Some(t) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global() {
+            eprintln!("warning: could not set the thread count: {e}");
+        }
+    }
+    let ctx = common::Ctx { quiet: cli.quiet };
+    let r = match cli.command {
+        Command::Info(a) => cmd::info::run(a, &ctx),
+        Command::Convert(a) => cmd::convert::run(a, &ctx),
+        Command::Select(a) => cmd::select::run(a, &ctx),
+        Command::Downsample(a) => cmd::downsample::run(a, &ctx),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        let mut src = e.source();
+        while let Some(s) = src {
+            eprintln!("  caused by: {s}");
+            src = s.source();
+        }
+        std::process::exit(1);
+    }
+}

@@ -710,3 +710,13 @@ fn cs_ctfs(cs: &CsFile, o: &LoadOptions) -> Result<Vec<CtfParams>> {
 pub fn is_relion30(s: &ParticleStack) -> bool {
     matches!(&s.source, Source::Star(rp) if rp.version() == RelionVersion::Relion30)
 }
+
+impl ParticleStack {
+    /// The same set with a new box size and pixel size (after resampling the images).
+    pub fn with_geometry(mut self, box_px: usize, apix_a: f64) -> ParticleStack {
+        self.box_px = Some(box_px);
+        self.apix_a = Some(apix_a);
+        self.opened = Arc::new((0..self.files.len()).map(|_| OnceLock::new()).collect());
+        self
+    }
+}

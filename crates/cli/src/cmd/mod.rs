@@ -1,0 +1,4 @@
+pub mod convert;
+pub mod downsample;
+pub mod info;
+pub mod select;
