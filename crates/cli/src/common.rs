@@ -111,7 +111,11 @@ pub fn read_indices(path: &Path) -> Result<Vec<usize>> {
         let line = line.split('#').next().unwrap_or("");
         for tok in line.split(|c: char| c.is_whitespace() || c == ',').filter(|t| !t.is_empty()) {
             let v: usize = tok.parse().map_err(|_| {
-                anyhow::anyhow!("{}: line {}: {tok:?} is not a particle index (0-based integer)", path.display(), ln + 1)
+                anyhow::anyhow!(
+                    "{}: line {}: {tok:?} is not a particle index (0-based integer)",
+                    path.display(),
+                    ln + 1
+                )
             })?;
             out.push(v);
         }

@@ -16,7 +16,9 @@ use std::path::Path;
 /// Write cryoDRGN poses `(rot[N,3,3], trans[N,2] = shift/D)`.
 pub fn write_poses_pkl(s: &ParticleStack, path: &Path) -> Result<()> {
     let poses = s.poses.as_ref().ok_or_else(|| IoError::file(&s.path, "the particle set has no poses"))?;
-    let d = s.box_px().map_err(|_| IoError::file(&s.path, "box size unknown (needed for translations); pass --box"))?
+    let d = s
+        .box_px()
+        .map_err(|_| IoError::file(&s.path, "box size unknown (needed for translations); pass --box"))?
         as f64;
     let rots: Vec<[[f64; 3]; 3]> = poses.iter().map(|p| p.rot.0).collect();
     let trans: Vec<[f64; 2]> = poses.iter().map(|p| [p.shift_px[0] / d, p.shift_px[1] / d]).collect();
@@ -96,7 +98,11 @@ fn set_ctf_columns(t: &mut StarTable, c: &[CtfParams], relion30: bool) -> Result
 /// Optics key of one particle: voltage, Cs, amplitude contrast (rounded for grouping).
 fn optics_key(c: Option<&CtfParams>) -> (i64, i64, i64) {
     match c {
-        Some(c) => ((c.voltage_kv * 1e4).round() as i64, (c.cs_mm * 1e6).round() as i64, (c.amp_contrast * 1e6).round() as i64),
+        Some(c) => (
+            (c.voltage_kv * 1e4).round() as i64,
+            (c.cs_mm * 1e6).round() as i64,
+            (c.amp_contrast * 1e6).round() as i64,
+        ),
         None => (0, 0, 0),
     }
 }
@@ -127,9 +133,16 @@ fn fresh_star(s: &ParticleStack) -> Result<StarFile> {
     optics.set_column("rlnOpticsGroup", (1..=ng).map(|g| g.to_string()))?;
     optics.set_column("rlnOpticsGroupName", (1..=ng).map(|g| format!("opticsGroup{g}")))?;
     if let Some(c) = ctf {
-        optics.set_column_f64("rlnAmplitudeContrast", &(0..ng).map(|g| c[first_of(g)].amp_contrast).collect::<Vec<_>>())?;
-        optics.set_column_f64("rlnSphericalAberration", &(0..ng).map(|g| c[first_of(g)].cs_mm).collect::<Vec<_>>())?;
-        optics.set_column_f64("rlnVoltage", &(0..ng).map(|g| c[first_of(g)].voltage_kv).collect::<Vec<_>>())?;
+        optics.set_column_f64(
+            "rlnAmplitudeContrast",
+            &(0..ng).map(|g| c[first_of(g)].amp_contrast).collect::<Vec<_>>(),
+        )?;
+        optics.set_column_f64(
+            "rlnSphericalAberration",
+            &(0..ng).map(|g| c[first_of(g)].cs_mm).collect::<Vec<_>>(),
+        )?;
+        optics
+            .set_column_f64("rlnVoltage", &(0..ng).map(|g| c[first_of(g)].voltage_kv).collect::<Vec<_>>())?;
     }
     optics.set_column_f64("rlnImagePixelSize", &vec![apix; ng])?;
     optics.set_column("rlnImageSize", vec![box_px.to_string(); ng])?;
@@ -194,7 +207,8 @@ fn fresh_cs(s: &ParticleStack) -> Result<CsFile> {
     let box_px = s.box_px()?;
     let mut b = CsBuilder::new(n).add_u64("uid", &(0..n).map(uid).collect::<Vec<_>>());
     if !s.images.is_empty() {
-        let paths: Vec<Vec<u8>> = s.images.iter().map(|r| s.files[r.file as usize].as_bytes().to_vec()).collect();
+        let paths: Vec<Vec<u8>> =
+            s.images.iter().map(|r| s.files[r.file as usize].as_bytes().to_vec()).collect();
         let width = paths.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
         b = b
             .add_bytes("blob/path", width, &paths)
@@ -230,7 +244,10 @@ fn fresh_cs(s: &ParticleStack) -> Result<CsFile> {
             .add_f32_vec("alignments3D/shift", 2, &shift)
             .add_f32("alignments3D/psize_A", &vec![apix as f32; n]);
         if let Some(h) = &s.half_subset {
-            b = b.add_u32("alignments3D/split", &h.iter().map(|v| (*v as u32).saturating_sub(1)).collect::<Vec<_>>());
+            b = b.add_u32(
+                "alignments3D/split",
+                &h.iter().map(|v| (*v as u32).saturating_sub(1)).collect::<Vec<_>>(),
+            );
         }
     }
     b.build()

@@ -11,9 +11,11 @@
 pub mod atomic;
 pub mod cs;
 pub mod error;
+pub mod export;
 pub mod mrc;
 pub mod pdb;
 pub mod pkl;
+pub mod stack;
 pub mod star;
 
 pub use error::{IoError, Loc, Result};

@@ -93,6 +93,8 @@ pub struct ParticleStack {
     pub poses_origin: Option<Origin>,
     pub ctf: Option<Vec<CtfParams>>,
     pub ctf_origin: Option<Origin>,
+    /// Why the CTF could not be read from the metadata (reported when a CTF is needed).
+    pub ctf_missing: Option<String>,
     /// Per-particle data sign (cryoSPARC `blob/sign`); `None` means +1.
     pub sign: Option<Vec<f32>>,
     /// RELION `rlnCtfDataAreCtfPremultiplied`.
@@ -177,6 +179,7 @@ impl ParticleStack {
             poses_origin: None,
             ctf: None,
             ctf_origin: None,
+            ctf_missing: None,
             sign: None,
             ctf_premultiplied: false,
             half_subset: None,
@@ -283,7 +286,11 @@ impl ParticleStack {
     /// Errors name the particle, the stack file and the image index.
     pub fn read_image(&self, i: usize, out: &mut [f32]) -> Result<()> {
         let r = *self.images.get(i).ok_or_else(|| {
-            IoError::index(&self.path, self.source_index.get(i).copied().unwrap_or(i), "no image for this particle")
+            IoError::index(
+                &self.path,
+                self.source_index.get(i).copied().unwrap_or(i),
+                "no image for this particle",
+            )
         })?;
         let f = self.open_file(r.file as usize)?;
         let src = self.source_index[i];
@@ -327,7 +334,11 @@ impl ParticleStack {
     pub fn select(&mut self, idx: &[usize]) -> Result<()> {
         let n = self.len();
         if let Some(&bad) = idx.iter().find(|&&i| i >= n) {
-            return Err(IoError::index(&self.path, bad, format!("index out of range: the set has {n} particles")));
+            return Err(IoError::index(
+                &self.path,
+                bad,
+                format!("index out of range: the set has {n} particles"),
+            ));
         }
         fn pick<T: Clone>(v: &[T], idx: &[usize]) -> Vec<T> {
             idx.iter().map(|&i| v[i].clone()).collect()
@@ -390,8 +401,18 @@ impl ParticleStack {
             s.poses_origin = Some(Origin::Metadata);
         }
         if rp.has_column("rlnDefocusU") {
-            s.ctf = Some(star_ctfs(&rp, opts)?);
-            s.ctf_origin = Some(Origin::Metadata);
+            // A STAR without e.g. rlnAmplitudeContrast still has usable poses: the CTF is
+            // reported missing only when a command needs it (cryoDRGN asks for -w then).
+            match star_ctfs(&rp, opts) {
+                Ok(c) => {
+                    s.ctf = Some(c);
+                    s.ctf_origin = Some(Origin::Metadata);
+                }
+                Err(e) if e.msg.starts_with("no column") => {
+                    s.ctf_missing = Some(format!("{e} (give it with --kv, --cs-mm, -w or --phase-shift)"))
+                }
+                Err(e) => return Err(e),
+            }
         }
         if rp.has_column("rlnRandomSubset") {
             let v = rp.column_f64("rlnRandomSubset")?;
@@ -441,7 +462,8 @@ impl ParticleStack {
         if cs.has_field("blob/sign") {
             s.sign = Some(cs.column_f64("blob/sign")?.iter().map(|&v| v as f32).collect());
         }
-        let prefix = ["alignments3D", "alignments_class_0"].into_iter().find(|p| cs.has_field(&format!("{p}/pose")));
+        let prefix =
+            ["alignments3D", "alignments_class_0"].into_iter().find(|p| cs.has_field(&format!("{p}/pose")));
         if let Some(p) = prefix {
             s.poses = Some(cs_poses(&cs, p, opts)?);
             s.poses_origin = Some(Origin::Metadata);
@@ -462,8 +484,12 @@ impl ParticleStack {
 
     fn from_txt(path: &Path, opts: &LoadOptions) -> Result<ParticleStack> {
         let text = std::fs::read_to_string(path).map_err(|e| IoError::os(path, "cannot read", e))?;
-        let files: Vec<String> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        let files: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
         if files.is_empty() {
             return Err(IoError::file(path, "the stack list names no .mrcs files"));
         }
@@ -486,7 +512,11 @@ impl ParticleStack {
             }
             if let Some(b) = box_px {
                 if b != f.nx() {
-                    return Err(IoError::field(f.path(), "nx", format!("box {} differs from the first stack's {b}", f.nx())));
+                    return Err(IoError::field(
+                        f.path(),
+                        "nx",
+                        format!("box {} differs from the first stack's {b}", f.nx()),
+                    ));
                 }
             }
             box_px = Some(f.nx());
@@ -514,11 +544,17 @@ impl ParticleStack {
         if let Some(p) = &opts.poses_pkl {
             let pk = pkl::read_poses_pkl(p)?;
             if pk.rots.len() != n {
-                return Err(IoError::file(p, format!("has {} poses but the particle set has {n} particles", pk.rots.len())));
+                return Err(IoError::file(
+                    p,
+                    format!("has {} poses but the particle set has {n} particles", pk.rots.len()),
+                ));
             }
             let d = match &pk.trans {
                 Some(_) => self.box_px().map_err(|_| {
-                    IoError::file(p, "translations are fractions of the box: the box size is unknown; pass --box")
+                    IoError::file(
+                        p,
+                        "translations are fractions of the box: the box size is unknown; pass --box",
+                    )
                 })? as f64,
                 None => 0.0,
             };
@@ -537,7 +573,10 @@ impl ParticleStack {
         if let Some(p) = &opts.ctf_pkl {
             let rows = pkl::read_ctf_pkl(p)?;
             if rows.len() != n {
-                return Err(IoError::file(p, format!("has {} CTF rows but the particle set has {n} particles", rows.len())));
+                return Err(IoError::file(
+                    p,
+                    format!("has {} CTF rows but the particle set has {n} particles", rows.len()),
+                ));
             }
             if let Some(r) = rows.first() {
                 if self.box_px.is_none() {
@@ -557,7 +596,11 @@ impl ParticleStack {
         if let Some(p) = &self.poses {
             for (i, pose) in p.iter().enumerate() {
                 if let Err(m) = pose.rot.check() {
-                    return Err(IoError::index(&self.path, self.source_index[i], format!("invalid pose: {m}")));
+                    return Err(IoError::index(
+                        &self.path,
+                        self.source_index[i],
+                        format!("invalid pose: {m}"),
+                    ));
                 }
                 if !pose.shift_px.iter().all(|v| v.is_finite()) {
                     return Err(IoError::index(&self.path, self.source_index[i], "shift is not finite"));
@@ -579,14 +622,33 @@ impl ParticleStack {
         Ok(())
     }
 
+    /// The CTF parameters, or an error saying why there are none.
+    pub fn require_ctf(&self) -> Result<&[CtfParams]> {
+        match (&self.ctf, &self.ctf_missing) {
+            (Some(c), _) => Ok(c),
+            (None, Some(m)) => Err(IoError::file(&self.path, format!("no usable CTF parameters: {m}"))),
+            (None, None) => Err(IoError::file(&self.path, "the particle set has no CTF parameters")),
+        }
+    }
+
     /// cryoDRGN CTF rows `[D, Apix, dfU, dfV, dfAng, kV, Cs, w, phase]`.
     pub fn ctf_rows(&self) -> Result<Vec<[f64; 9]>> {
-        let c = self.ctf.as_ref().ok_or_else(|| IoError::file(&self.path, "the particle set has no CTF parameters"))?;
+        let c = self.require_ctf()?;
         let d = self.box_px()? as f64;
         let a = self.apix_a()?;
         Ok(c.iter()
             .map(|p| {
-                [d, a, p.defocus_u_a, p.defocus_v_a, p.defocus_angle_deg, p.voltage_kv, p.cs_mm, p.amp_contrast, p.phase_shift_deg]
+                [
+                    d,
+                    a,
+                    p.defocus_u_a,
+                    p.defocus_v_a,
+                    p.defocus_angle_deg,
+                    p.voltage_kv,
+                    p.cs_mm,
+                    p.amp_contrast,
+                    p.phase_shift_deg,
+                ]
             })
             .collect())
     }
@@ -613,12 +675,20 @@ fn star_poses(rp: &RelionParticles, opts: &LoadOptions) -> Result<Vec<Pose>> {
     let px = rp.has_column("rlnOriginX");
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
-        let e = EulerRelion::new(rp.f64(r, "rlnAngleRot")?, rp.f64(r, "rlnAngleTilt")?, rp.f64(r, "rlnAnglePsi")?);
+        let e = EulerRelion::new(
+            rp.f64(r, "rlnAngleRot")?,
+            rp.f64(r, "rlnAngleTilt")?,
+            rp.f64(r, "rlnAnglePsi")?,
+        );
         let shift_px = if angst {
             let apix = match opts.apix_a {
                 Some(a) => a,
                 None => rp.pixel_size(r)?.ok_or_else(|| {
-                    IoError::field(rp.star().path(), "rlnImagePixelSize", "origins are in Å but the pixel size is unknown; pass --apix")
+                    IoError::field(
+                        rp.star().path(),
+                        "rlnImagePixelSize",
+                        "origins are in Å but the pixel size is unknown; pass --apix",
+                    )
                 })?,
             };
             [rp.f64(r, "rlnOriginXAngst")? / apix, rp.f64_opt(r, "rlnOriginYAngst")?.unwrap_or(0.0) / apix]

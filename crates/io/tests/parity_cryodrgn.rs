@@ -18,7 +18,12 @@ fn assert_poses_match(ours: &pkl::PosesPkl, theirs: &pkl::PosesPkl, what: &str) 
     for (i, (a, b)) in ours.rots.iter().zip(&theirs.rots).enumerate() {
         for r in 0..3 {
             for c in 0..3 {
-                assert!((a[r][c] - b[r][c]).abs() <= ROT_TOL, "{what}: particle {i} rot[{r}][{c}] {} vs {}", a[r][c], b[r][c]);
+                assert!(
+                    (a[r][c] - b[r][c]).abs() <= ROT_TOL,
+                    "{what}: particle {i} rot[{r}][{c}] {} vs {}",
+                    a[r][c],
+                    b[r][c]
+                );
             }
         }
     }
@@ -58,7 +63,8 @@ fn ctf_via_pickle(s: &ParticleStack) -> Vec<[f64; 9]> {
 /// `cryodrgn parse_pose_star FinalRefinement-OriginalParticles-PfCRT.star -D 300`.
 #[test]
 fn pose_star_matches_cryodrgn() {
-    let Some(star) = test_data_file("pose_star_matches_cryodrgn", "cryodrgn/FinalRefinement-OriginalParticles-PfCRT.star")
+    let Some(star) =
+        test_data_file("pose_star_matches_cryodrgn", "cryodrgn/FinalRefinement-OriginalParticles-PfCRT.star")
     else {
         return;
     };
@@ -70,26 +76,32 @@ fn pose_star_matches_cryodrgn() {
 /// `cryodrgn parse_ctf_star … -D 300 --Apix 1.035 -w 0.1`.
 #[test]
 fn ctf_star_matches_cryodrgn() {
-    let Some(star) = test_data_file("ctf_star_matches_cryodrgn", "cryodrgn/FinalRefinement-OriginalParticles-PfCRT.star")
+    let Some(star) =
+        test_data_file("ctf_star_matches_cryodrgn", "cryodrgn/FinalRefinement-OriginalParticles-PfCRT.star")
     else {
         return;
     };
     let reference = pkl::read_ctf_pkl(star.with_file_name("ctf1.pkl")).unwrap();
-    let opts = LoadOptions { box_px: Some(300), apix_a: Some(1.035), amp_contrast: Some(0.1), ..Default::default() };
+    let opts =
+        LoadOptions { box_px: Some(300), apix_a: Some(1.035), amp_contrast: Some(0.1), ..Default::default() };
     let s = ParticleStack::load(&star, &opts).unwrap();
     // Our values before the float32 pickle, and after it.
     assert_ctf_match(&s.ctf_rows().unwrap(), &reference, "ctf1 (values)");
     assert_ctf_match(&ctf_via_pickle(&s), &reference, "ctf1 (pickle)");
     // The pixel size also follows from rlnDetectorPixelSize / rlnMagnification.
-    let s2 = ParticleStack::load(&star, &LoadOptions { box_px: Some(300), amp_contrast: Some(0.1), ..Default::default() })
-        .unwrap();
+    let s2 = ParticleStack::load(
+        &star,
+        &LoadOptions { box_px: Some(300), amp_contrast: Some(0.1), ..Default::default() },
+    )
+    .unwrap();
     assert!((s2.apix_a().unwrap() - 1.035).abs() < 1e-12);
 }
 
 /// `cryodrgn parse_pose_csparc cryosparc_P12_J24_001_particles.cs -D 180`.
 #[test]
 fn pose_cs_matches_cryodrgn() {
-    let Some(cs) = test_data_file("pose_cs_matches_cryodrgn", "cryodrgn/cryosparc_P12_J24_001_particles.cs") else {
+    let Some(cs) = test_data_file("pose_cs_matches_cryodrgn", "cryodrgn/cryosparc_P12_J24_001_particles.cs")
+    else {
         return;
     };
     let reference = cs.with_file_name("pose.cs.pkl");
@@ -101,7 +113,8 @@ fn pose_cs_matches_cryodrgn() {
 /// `cryodrgn parse_ctf_csparc cryosparc_P12_J24_001_particles.cs`.
 #[test]
 fn ctf_cs_matches_cryodrgn() {
-    let Some(cs) = test_data_file("ctf_cs_matches_cryodrgn", "cryodrgn/cryosparc_P12_J24_001_particles.cs") else {
+    let Some(cs) = test_data_file("ctf_cs_matches_cryodrgn", "cryodrgn/cryosparc_P12_J24_001_particles.cs")
+    else {
         return;
     };
     let reference = pkl::read_ctf_pkl(cs.with_file_name("ctf2.pkl")).unwrap();
@@ -125,7 +138,7 @@ fn relion31_block_orders_parse_identically() {
     assert_eq!(sa.ctf, sb.ctf);
     assert_eq!(sa.images, sb.images);
     assert_eq!(sa.files, sb.files);
-    assert_eq!(sa.apix_known(), Some(1.403));
+    assert_eq!(sa.apix_known(), Some(2.806)); // rlnImagePixelSize (not the micrograph's 1.403)
     assert_eq!(sa.box_known(), Some(256));
     // Pixels resolve against the STAR's folder and read the same.
     let mut ia = vec![0f32; 256 * 256];
@@ -157,7 +170,9 @@ fn star_cs_star_pkl_round_trip() {
         assert_eq!(s.box_known(), s0.box_known());
         for (p, q) in s.poses.as_ref().unwrap().iter().zip(s0.poses.as_ref().unwrap()) {
             assert!(p.rot.angle_to_deg(&q.rot) < 1e-4, "rotation differs");
-            assert!((p.shift_px[0] - q.shift_px[0]).abs() < 1e-4 && (p.shift_px[1] - q.shift_px[1]).abs() < 1e-4);
+            assert!(
+                (p.shift_px[0] - q.shift_px[0]).abs() < 1e-4 && (p.shift_px[1] - q.shift_px[1]).abs() < 1e-4
+            );
         }
         for (p, q) in s.ctf.as_ref().unwrap().iter().zip(s0.ctf.as_ref().unwrap()) {
             assert!((p.defocus_u_a - q.defocus_u_a).abs() <= 1e-6 * q.defocus_u_a.abs() + 1e-3);
@@ -189,7 +204,8 @@ fn star_cs_star_pkl_round_trip() {
 /// STAR → STAR keeps unknown columns and every original value.
 #[test]
 fn star_to_star_preserves_unknown_columns() {
-    let Some(star) = test_data_file("star_to_star_preserves_unknown_columns", "cryodrgn/relion31.star") else {
+    let Some(star) = test_data_file("star_to_star_preserves_unknown_columns", "cryodrgn/relion31.star")
+    else {
         return;
     };
     let d = tempfile::tempdir().unwrap();
@@ -221,8 +237,11 @@ fn mrcs_with_pickles_to_star_and_back() {
     let d = tempfile::tempdir().unwrap();
     let star = d.path().join("hand.star");
     export::write_star(&s, &star).unwrap();
-    let s2 = ParticleStack::load(&star, &LoadOptions { datadir: mrcs.parent().map(|p| p.to_path_buf()), ..Default::default() })
-        .unwrap();
+    let s2 = ParticleStack::load(
+        &star,
+        &LoadOptions { datadir: mrcs.parent().map(|p| p.to_path_buf()), ..Default::default() },
+    )
+    .unwrap();
     let a = poses_via_pickle(&s2);
     let b = pkl::read_poses_pkl(&poses).unwrap();
     assert_poses_match(&a, &b, "hand_rot_trans via STAR");

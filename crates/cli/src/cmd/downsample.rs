@@ -56,10 +56,9 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         let ins = &mut inbuf[..k * big * big];
         ins.par_chunks_mut(big * big).enumerate().try_for_each(|(j, img)| s.read_image(start + j, img))?;
         let outs = &mut outbuf[..k * d * d];
-        outs.par_chunks_mut(d * d).zip(ins.par_chunks(big * big)).for_each_init(
-            || FourierResizer::new(big, d),
-            |r, (o, i)| r.resize(i, o),
-        );
+        outs.par_chunks_mut(d * d)
+            .zip(ins.par_chunks(big * big))
+            .for_each_init(|| FourierResizer::new(big, d), |r, (o, i)| r.resize(i, o));
         w.push_batch(outs)?;
         ctx.say(format!("downsampled {}/{} images", start + k, s.len()));
     }
@@ -96,7 +95,8 @@ fn write_star_for(s: &ParticleStack, a: &Args, new_apix: f64, path: &std::path::
 fn pathdiff(target: &std::path::Path, from_file: &std::path::Path) -> String {
     let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let t = abs(target);
-    let base = from_file.parent().map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p });
+    let base =
+        from_file.parent().map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p });
     if let Some(b) = base {
         let b = abs(b);
         if let Ok(r) = t.strip_prefix(&b) {

@@ -41,7 +41,9 @@ pub fn run(a: Args, _ctx: &Ctx) -> Result<()> {
         FileKind::Pkl => pkl_info(p)?,
         FileKind::Model => model_info(p)?,
         FileKind::TxtStack => txt_info(p)?,
-        FileKind::Unknown => bail!("{}: unknown file type (expected .star .cs .mrc .mrcs .pkl .pdb .cif .txt)", p.display()),
+        FileKind::Unknown => {
+            bail!("{}: unknown file type (expected .star .cs .mrc .mrcs .pkl .pdb .cif .txt)", p.display())
+        }
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -68,7 +70,8 @@ fn print_text(v: &Value, indent: usize) {
                     }
                 }
                 Value::Array(a) => {
-                    let s: Vec<String> = a.iter().map(|e| e.to_string().trim_matches('"').to_string()).collect();
+                    let s: Vec<String> =
+                        a.iter().map(|e| e.to_string().trim_matches('"').to_string()).collect();
                     println!("{pad}{k}: {}", s.join(", "));
                 }
                 Value::String(s) => println!("{pad}{k}: {s}"),
@@ -145,7 +148,12 @@ fn cs_info(p: &Path) -> Result<Value> {
     let mut ranges = Map::new();
     let mut fields = Vec::new();
     for f in cs.fields() {
-        fields.push(json!(format!("{} {}{}", f.name, f.typestr(), if f.shape.is_empty() { String::new() } else { format!(" {:?}", f.shape) })));
+        fields.push(json!(format!(
+            "{} {}{}",
+            f.name,
+            f.typestr(),
+            if f.shape.is_empty() { String::new() } else { format!(" {:?}", f.shape) }
+        )));
         if f.count() == 1 {
             if let Ok(v) = cs.column_f64(&f.name) {
                 ranges.insert(f.name.clone(), range(&v));
@@ -221,11 +229,8 @@ fn model_info(p: &Path) -> Result<Value> {
     let atoms: usize = m.chains.iter().flat_map(|c| &c.residues).map(|r| r.atoms.len()).sum();
     let residues: usize = m.chains.iter().map(|c| c.residues.len()).sum();
     let anchors = cryoforge_io::pdb::anchor_atoms(m)?;
-    let chains: Vec<Value> = m
-        .chains
-        .iter()
-        .map(|c| json!({"id": c.id, "residues": c.residues.len()}))
-        .collect();
+    let chains: Vec<Value> =
+        m.chains.iter().map(|c| json!({"id": c.id, "residues": c.residues.len()})).collect();
     Ok(json!({
         "file": p.display().to_string(),
         "kind": "atomic model",
@@ -239,5 +244,7 @@ fn model_info(p: &Path) -> Result<Value> {
 
 fn txt_info(p: &Path) -> Result<Value> {
     let s = ParticleStack::load(p, &LoadOptions::default())?;
-    Ok(json!({"file": p.display().to_string(), "kind": "stack list", "summary": stack_summary(&s), "files": s.files}))
+    Ok(
+        json!({"file": p.display().to_string(), "kind": "stack list", "summary": stack_summary(&s), "files": s.files}),
+    )
 }
