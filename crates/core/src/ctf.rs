@@ -173,6 +173,67 @@ pub fn ctf_grid_rfft(p: &CtfParams, d: usize, apix_a: f64, out: &mut [f32]) {
     }
 }
 
+/// Per-pixel geometry of a centred D×D frequency grid, precomputed so that a CTF is
+/// one `sin_cos` per pixel (for the many particles of a stack).
+#[derive(Debug, Clone)]
+pub struct CtfGrid {
+    d: usize,
+    s2: Vec<f64>,
+    cos2a: Vec<f64>,
+    sin2a: Vec<f64>,
+}
+
+impl CtfGrid {
+    /// Grid of `ctf_grid_centered`: element `[row][col]` at `((col − D/2), (row − D/2))/(D·apix)`.
+    pub fn new(d: usize, apix_a: f64) -> CtfGrid {
+        let inv = 1.0 / (d as f64 * apix_a);
+        let h = (d / 2) as f64;
+        let mut g = CtfGrid {
+            d,
+            s2: Vec::with_capacity(d * d),
+            cos2a: Vec::with_capacity(d * d),
+            sin2a: Vec::with_capacity(d * d),
+        };
+        for r in 0..d {
+            let sy = (r as f64 - h) * inv;
+            for c in 0..d {
+                let sx = (c as f64 - h) * inv;
+                let a = sy.atan2(sx);
+                g.s2.push(sx * sx + sy * sy);
+                g.cos2a.push((2.0 * a).cos());
+                g.sin2a.push((2.0 * a).sin());
+            }
+        }
+        g
+    }
+
+    pub fn size(&self) -> usize {
+        self.d
+    }
+
+    /// Fill `out` (D×D) with the CTF of `p`; equal to [`ctf_grid_centered`].
+    pub fn fill(&self, p: &CtfParams, out: &mut [f32]) {
+        assert_eq!(out.len(), self.d * self.d, "CtfGrid::fill: output must be D×D");
+        let e = p.evaluator();
+        let (c2, s2a) = ((2.0 * e.df_ang).cos(), (2.0 * e.df_ang).sin());
+        let l = e.lambda;
+        let k1 = -std::f64::consts::PI * l;
+        let k2 = 0.5 * std::f64::consts::PI * e.cs_a * l * l * l;
+        for (i, o) in out.iter_mut().enumerate() {
+            let s2 = self.s2[i];
+            // cos(2(α − ang)) = cos2α·cos2ang + sin2α·sin2ang
+            let df = e.df_mean + e.df_diff * (self.cos2a[i] * c2 + self.sin2a[i] * s2a);
+            let gamma = k1 * df * s2 + k2 * s2 * s2 - e.phase;
+            let (sg, cg) = gamma.sin_cos();
+            let mut v = e.sqrt_1mw2 * sg - e.w * cg;
+            if e.bfactor != 0.0 {
+                v *= (-e.bfactor * s2 / 4.0).exp();
+            }
+            *o = (v * e.scale) as f32;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +318,28 @@ mod tests {
                 if cc < d {
                     assert!((h[r * (d / 2 + 1) + k] - c[cr * d + cc]).abs() < 1e-6);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn ctf_grid_cache_matches_direct_grid() {
+        let p = CtfParams {
+            defocus_u_a: 21000.0,
+            defocus_v_a: 17000.0,
+            defocus_angle_deg: -61.0,
+            phase_shift_deg: 30.0,
+            bfactor_a2: 40.0,
+            scale: 0.9,
+            ..Default::default()
+        };
+        for d in [16usize, 17] {
+            let g = CtfGrid::new(d, 1.7);
+            let (mut a, mut b) = (vec![0f32; d * d], vec![0f32; d * d]);
+            g.fill(&p, &mut a);
+            ctf_grid_centered(&p, d, 1.7, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-5, "{x} {y}");
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod fft;
 pub mod filter;
 pub mod fsc;
 pub mod rotation;
+pub mod symmetry;
 
 pub use ctf::CtfParams;
 pub use rotation::{CsRotVec, EulerRelion, Quat, Rot3};
