@@ -14,6 +14,21 @@ impl Ctx {
     pub fn done(&self, msg: impl AsRef<str>) {
         println!("{}", msg.as_ref());
     }
+    /// A progress bar (hidden with --quiet or when stderr is not a terminal).
+    pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let b = indicatif::ProgressBar::new(len);
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        b.set_style(style.progress_chars("=> "));
+        b.set_message(what.to_string());
+        b
+    }
     /// A progress or summary message, silenced by --quiet.
     pub fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
@@ -130,5 +145,17 @@ pub fn ensure_parent(path: &Path) -> Result<()> {
             std::fs::create_dir_all(p).with_context(|| format!("cannot create folder {}", p.display()))?;
         }
     }
+    Ok(())
+}
+
+/// Create an output folder.
+pub fn ensure_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create folder {}", path.display()))
+}
+
+/// Write pretty JSON atomically.
+pub fn write_json_atomic(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)? + "\n";
+    cryoforge_io::atomic::write_bytes_atomic(path, text.as_bytes())?;
     Ok(())
 }

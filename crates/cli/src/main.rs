@@ -30,6 +30,7 @@ enum Command {
     Convert(cmd::convert::Args),
     Select(cmd::select::Args),
     Downsample(cmd::downsample::Args),
+    Reconstruct(cmd::reconstruct::Args),
 }
 
 fn main() {
@@ -57,6 +58,7 @@ fn main() {
         Command::Convert(a) => cmd::convert::run(a, &ctx),
         Command::Select(a) => cmd::select::run(a, &ctx),
         Command::Downsample(a) => cmd::downsample::run(a, &ctx),
+        Command::Reconstruct(a) => cmd::reconstruct::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

@@ -1,0 +1,350 @@
+//! Homogeneous reconstruction from known poses: CTF-weighted Fourier insertion of every
+//! particle into two half-set accumulators, Wiener-style division with a Tikhonov or
+//! FSC-derived (SSNR) regulariser, gridding correction, half-map FSC.
+//!
+//! The forward model is that of CONVENTIONS.md: a protein-bright particle is
+//! `F⁻¹[−CTF · e^(+2πi k·t) · P̂]`, so the numerator takes `−CTF · e^(−2πi k·t) · X̂` and
+//! the weight CTF² (Wiener), `−sign(CTF)` and 1 (phase flip), or X̂ and 1 (none).
+//!
+//! SSNR regularisation (the default, as RELION): the halves are first divided with a
+//! small Tikhonov constant; their FSC gives the per-shell SSNR of a half map,
+//! `SSNR½ = FSC/(1 − FSC)`, and a Wiener filter then uses `λ(k) = ⟨w⟩ₖ / SSNR(k)`
+//! (`⟨w⟩ₖ` the mean weight in shell k; the full map's SSNR is twice a half's).
+
+use crate::grid::Accumulator;
+use cryoforge_core::fft::{Fft2, C32};
+use cryoforge_core::fsc::{fsc_volumes, FscCurve};
+use cryoforge_core::symmetry::Symmetry;
+use cryoforge_core::{ctf::CtfGrid, Rot3};
+use cryoforge_io::stack::ParticleStack;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// How the CTF enters the reconstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CtfCorrection {
+    Wiener,
+    PhaseFlip,
+    None,
+}
+
+/// Regularisation of the division by the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Regularisation {
+    /// λ = c × the mean weight inside the Nyquist sphere.
+    Tikhonov(f64),
+    /// λ(k) from the half-map FSC, re-estimated this many times.
+    Ssnr { iterations: usize },
+}
+
+/// How particles are split into half sets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HalfSplit {
+    /// Each particle to half A or B with probability ½, from a seeded generator.
+    Random { seed: u64 },
+    /// RELION `rlnRandomSubset` / cryoSPARC `alignments3D/split`.
+    Star,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconConfig {
+    pub pad: f64,
+    pub ctf_correction: CtfCorrection,
+    pub regularisation: Regularisation,
+    pub half_split: HalfSplit,
+    pub symmetry: String,
+    /// Particles are protein-dark: flip their sign.
+    pub invert: bool,
+    /// Tikhonov constant of the first SSNR pass (relative to the mean weight).
+    pub initial_tikhonov: f64,
+}
+
+impl Default for ReconConfig {
+    fn default() -> Self {
+        ReconConfig {
+            pad: 2.0,
+            ctf_correction: CtfCorrection::Wiener,
+            regularisation: Regularisation::Ssnr { iterations: 1 },
+            half_split: HalfSplit::Random { seed: 0 },
+            symmetry: "C1".into(),
+            invert: false,
+            initial_tikhonov: 1e-2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconError {
+    #[error(transparent)]
+    Io(#[from] cryoforge_io::IoError),
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Sim(#[from] cryoforge_sim::SimError),
+}
+
+/// The maps and curves of a reconstruction.
+pub struct Reconstruction {
+    pub d: usize,
+    pub apix_a: f64,
+    pub map: Vec<f32>,
+    pub half_a: Vec<f32>,
+    pub half_b: Vec<f32>,
+    /// Unmasked half-map FSC.
+    pub fsc: FscCurve,
+    pub n_half: [usize; 2],
+}
+
+/// Which half each particle goes to (0 = A, 1 = B).
+pub fn half_assignment(s: &ParticleStack, split: HalfSplit) -> Result<Vec<u8>, ReconError> {
+    match split {
+        HalfSplit::Random { seed } => {
+            let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            Ok((0..s.len()).map(|_| r.gen::<bool>() as u8).collect())
+        }
+        HalfSplit::Star => {
+            let h = s.half_subset.as_ref().ok_or_else(|| {
+                ReconError::Input(format!(
+                    "{}: --half-split star needs rlnRandomSubset (RELION) or alignments3D/split (cryoSPARC)",
+                    s.path.display()
+                ))
+            })?;
+            h.iter()
+                .enumerate()
+                .map(|(i, &v)| match v {
+                    1 => Ok(0),
+                    2 => Ok(1),
+                    _ => Err(ReconError::Input(format!(
+                        "{}: index {}: half-set label {v} is not 1 or 2",
+                        s.path.display(),
+                        s.source_index[i]
+                    ))),
+                })
+                .collect()
+        }
+    }
+}
+
+/// Reconstruct half maps and the full map. `progress(done)` is called as particles finish.
+pub fn reconstruct(
+    s: &ParticleStack,
+    cfg: &ReconConfig,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Reconstruction, ReconError> {
+    let d = s.box_px()?;
+    let apix = s.apix_a()?;
+    if d < 4 {
+        return Err(ReconError::Input(format!("box of {d} px is too small to reconstruct")));
+    }
+    let poses = s.poses.as_ref().ok_or_else(|| {
+        ReconError::Input(format!("{}: the particles have no poses (give --poses or a refined STAR/.cs)", s.path.display()))
+    })?;
+    if s.images.is_empty() {
+        return Err(ReconError::Input(format!("{}: lists no particle images", s.path.display())));
+    }
+    let ctf = match cfg.ctf_correction {
+        CtfCorrection::None => None,
+        _ => Some(s.require_ctf()?),
+    };
+    let sym: Symmetry = cfg.symmetry.parse().map_err(ReconError::Input)?;
+    let ops = sym.operators();
+    let halves = half_assignment(s, cfg.half_split)?;
+    let n_half = [halves.iter().filter(|&&h| h == 0).count(), halves.iter().filter(|&&h| h == 1).count()];
+    if n_half[0] == 0 || n_half[1] == 0 {
+        return Err(ReconError::Input(format!("a half set is empty ({} / {} particles)", n_half[0], n_half[1])));
+    }
+
+    let lanes = rayon::current_num_threads().clamp(1, s.len());
+    let chunk = s.len().div_ceil(lanes);
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let fft = Fft2::new(d);
+    let grid = CtfGrid::new(d, apix);
+    let parts: Vec<Result<[Accumulator; 2], ReconError>> = (0..lanes)
+        .into_par_iter()
+        .map(|lane| {
+            let mut acc = [Accumulator::new(d, cfg.pad)?, Accumulator::new(d, cfg.pad)?];
+            let mut lw = LaneWork::new(d, &fft);
+            let end = ((lane + 1) * chunk).min(s.len());
+            for i in lane * chunk..end {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = lw.prepare(s, i, ctf.map(|c| &c[i]), &grid, &fft, cfg, poses[i].shift_px);
+                if let Err(e) = r {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                for g in &ops {
+                    let rot = poses[i].rot.compose(g);
+                    acc[halves[i] as usize].insert(&rot.0, &lw.values, &lw.weights);
+                }
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 64 == 0 || n == s.len() {
+                    progress(n);
+                }
+            }
+            Ok(acc)
+        })
+        .collect();
+    let mut it = parts.into_iter();
+    let mut acc = it.next().ok_or_else(|| ReconError::Input("no particles".into()))??;
+    for p in it {
+        let p = p?;
+        acc[0].add(&p[0]);
+        acc[1].add(&p[1]);
+    }
+    acc[0].complete();
+    acc[1].complete();
+    finish(acc, d, apix, cfg, n_half)
+}
+
+/// Per-lane buffers: the image, its spectrum, the CTF, and the values/weights to insert.
+struct LaneWork {
+    img: Vec<f32>,
+    spec: Vec<C32>,
+    ctf: Vec<f32>,
+    values: Vec<C32>,
+    weights: Vec<f32>,
+    phase_x: Vec<C32>,
+    phase_y: Vec<C32>,
+    work: cryoforge_core::fft::Fft2Work,
+}
+
+impl LaneWork {
+    fn new(d: usize, fft: &Fft2) -> LaneWork {
+        LaneWork {
+            img: vec![0f32; d * d],
+            spec: vec![C32::default(); d * d],
+            ctf: vec![0f32; d * d],
+            values: vec![C32::default(); d * d],
+            weights: vec![0f32; d * d],
+            phase_x: vec![C32::default(); d],
+            phase_y: vec![C32::default(); d],
+            work: fft.work(),
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        s: &ParticleStack,
+        i: usize,
+        ctf: Option<&cryoforge_core::CtfParams>,
+        grid: &CtfGrid,
+        fft: &Fft2,
+        cfg: &ReconConfig,
+        shift: [f64; 2],
+    ) -> Result<(), ReconError> {
+        let d = fft.size();
+        s.read_image(i, &mut self.img)?;
+        fft.forward_real(&mut self.work, &self.img, &mut self.spec);
+        // Re-centre: multiply by e^(−2πi k·t/D), separable in kₓ and k_y.
+        let h = (d / 2) as f64;
+        for j in 0..d {
+            let k = j as f64 - h;
+            let (sx, cx) = (-std::f64::consts::TAU * k * shift[0] / d as f64).sin_cos();
+            let (sy, cy) = (-std::f64::consts::TAU * k * shift[1] / d as f64).sin_cos();
+            self.phase_x[j] = C32::new(cx as f32, sx as f32);
+            self.phase_y[j] = C32::new(cy as f32, sy as f32);
+        }
+        let sign = if cfg.invert { -1.0f32 } else { 1.0 };
+        let premult = s.ctf_premultiplied;
+        if let Some(c) = ctf {
+            grid.fill(c, &mut self.ctf);
+        }
+        for r in 0..d {
+            for c in 0..d {
+                let k = r * d + c;
+                let x = self.spec[k] * (self.phase_x[c] * self.phase_y[r]) * sign;
+                let (v, w) = match (cfg.ctf_correction, ctf) {
+                    (CtfCorrection::Wiener, Some(_)) => {
+                        let t = self.ctf[k];
+                        if premult {
+                            (x, t * t)
+                        } else {
+                            (x * (-t), t * t)
+                        }
+                    }
+                    (CtfCorrection::PhaseFlip, Some(_)) => {
+                        let t = self.ctf[k];
+                        let f = if t > 0.0 { -1.0 } else if t < 0.0 { 1.0 } else { 0.0 };
+                        (x * f, if t == 0.0 { 0.0 } else { 1.0 })
+                    }
+                    _ => (x, 1.0),
+                };
+                self.values[k] = v;
+                self.weights[k] = w;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tikhonov_lambda(acc: &Accumulator, c: f64) -> Vec<f64> {
+    let w = acc.mean_weight_per_shell();
+    let mean = w.iter().sum::<f64>() / w.len().max(1) as f64;
+    vec![c * mean; w.len()]
+}
+
+/// λ(k) = ⟨w⟩ₖ / SSNR(k), with SSNR from an FSC (`factor` 1 for a half map, 2 for the full map).
+fn ssnr_lambda(acc: &Accumulator, fsc: &FscCurve, factor: f64) -> Vec<f64> {
+    let w = acc.mean_weight_per_shell();
+    w.iter()
+        .enumerate()
+        .map(|(k, &wk)| {
+            let f = fsc.fsc.get(k).copied().unwrap_or(0.0).clamp(1e-3, 0.999);
+            let ssnr = factor * f / (1.0 - f);
+            wk / ssnr
+        })
+        .collect()
+}
+
+fn finish(
+    acc: [Accumulator; 2],
+    d: usize,
+    apix: f64,
+    cfg: &ReconConfig,
+    n_half: [usize; 2],
+) -> Result<Reconstruction, ReconError> {
+    let (lam_a, lam_b, mut fsc) = match cfg.regularisation {
+        Regularisation::Tikhonov(c) => {
+            let (la, lb) = (tikhonov_lambda(&acc[0], c), tikhonov_lambda(&acc[1], c));
+            let (a, b) = (acc[0].to_map(&la), acc[1].to_map(&lb));
+            (la, lb, fsc_volumes(&a, &b, d, apix))
+        }
+        Regularisation::Ssnr { iterations } => {
+            let (mut la, mut lb) =
+                (tikhonov_lambda(&acc[0], cfg.initial_tikhonov), tikhonov_lambda(&acc[1], cfg.initial_tikhonov));
+            let mut fsc = fsc_volumes(&acc[0].to_map(&la), &acc[1].to_map(&lb), d, apix);
+            for _ in 0..iterations {
+                la = ssnr_lambda(&acc[0], &fsc, 1.0);
+                lb = ssnr_lambda(&acc[1], &fsc, 1.0);
+                fsc = fsc_volumes(&acc[0].to_map(&la), &acc[1].to_map(&lb), d, apix);
+            }
+            (la, lb, fsc)
+        }
+    };
+    let half_a = acc[0].to_map(&lam_a);
+    let half_b = acc[1].to_map(&lam_b);
+    if matches!(cfg.regularisation, Regularisation::Ssnr { .. }) {
+        fsc = fsc_volumes(&half_a, &half_b, d, apix);
+    }
+    let [mut a, b] = acc;
+    a.add(&b);
+    let lam_full = match cfg.regularisation {
+        Regularisation::Tikhonov(c) => tikhonov_lambda(&a, c),
+        Regularisation::Ssnr { .. } => ssnr_lambda(&a, &fsc, 2.0),
+    };
+    let map = a.to_map(&lam_full);
+    Ok(Reconstruction { d, apix_a: apix, map, half_a, half_b, fsc, n_half })
+}
+
+/// Rotation of a pose composed with a symmetry operator (exposed for tests).
+pub fn symmetric_pose(a: &Rot3, g: &Rot3) -> Rot3 {
+    a.compose(g)
+}
