@@ -21,10 +21,9 @@ impl Ctx {
             return indicatif::ProgressBar::hidden();
         }
         let b = indicatif::ProgressBar::new(len);
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let style =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         b.set_style(style.progress_chars("=> "));
         b.set_message(what.to_string());
         b

@@ -31,6 +31,9 @@ enum Command {
     Select(cmd::select::Args),
     Downsample(cmd::downsample::Args),
     Reconstruct(cmd::reconstruct::Args),
+    Simulate(cmd::simulate::Args),
+    CenterModel(cmd::center_model::Args),
+    Pdb2map(cmd::pdb2map::Args),
 }
 
 fn main() {
@@ -59,6 +62,9 @@ fn main() {
         Command::Select(a) => cmd::select::run(a, &ctx),
         Command::Downsample(a) => cmd::downsample::run(a, &ctx),
         Command::Reconstruct(a) => cmd::reconstruct::run(a, &ctx),
+        Command::Simulate(a) => cmd::simulate::run(a, &ctx),
+        Command::CenterModel(a) => cmd::center_model::run(a, &ctx),
+        Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

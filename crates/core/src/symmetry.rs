@@ -30,7 +30,9 @@ impl std::str::FromStr for Symmetry {
         let order = |rest: &str| -> Result<u32, String> {
             match rest.parse::<u32>() {
                 Ok(n) if n >= 1 => Ok(n),
-                _ => Err(format!("symmetry {s:?}: expected a positive order after the letter, e.g. C4 or D7")),
+                _ => {
+                    Err(format!("symmetry {s:?}: expected a positive order after the letter, e.g. C4 or D7"))
+                }
             }
         };
         match u.as_str() {

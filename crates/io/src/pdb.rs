@@ -166,7 +166,10 @@ fn infer_element(raw: &str, left: bool, lone: bool) -> Option<&'static str> {
     }
     let two = name.get(..2).filter(|t| is_two_letter_element(t));
     if let Some(t) = two {
-        let organic_first = matches!(b[0].to_ascii_uppercase(), b'C' | b'H' | b'N' | b'O');
+        // Left-justified 2-letter names starting with a biomolecular element are that
+        // element's atoms (SG, SD, OG, ND1, …), except SE of selenomethionine.
+        let organic_first = matches!(b[0].to_ascii_uppercase(), b'C' | b'H' | b'N' | b'O' | b'S' | b'P')
+            && !name.eq_ignore_ascii_case("SE");
         let long_hydrogen = name.len() == 4 && b[0].eq_ignore_ascii_case(&b'H'); // "HG11"
         if !left && !long_hydrogen {
             return canonical_element(t); // PDB rule: "FE  ", "CA  " (calcium), "ZN  "

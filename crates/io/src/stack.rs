@@ -782,6 +782,24 @@ pub fn is_relion30(s: &ParticleStack) -> bool {
 }
 
 impl ParticleStack {
+    /// A set built in code (e.g. by the simulator): images `images` of `files`, with a
+    /// known box and pixel size; `path` names the metadata file it will be written as.
+    pub fn from_parts(
+        path: &Path,
+        files: Vec<String>,
+        images: Vec<ImageRef>,
+        box_px: usize,
+        apix_a: f64,
+    ) -> ParticleStack {
+        let n = images.len();
+        let opts = LoadOptions { box_px: Some(box_px), apix_a: Some(apix_a), ..Default::default() };
+        let mut s = Self::empty(path, Source::Stack, n, &opts);
+        s.opened = Arc::new((0..files.len()).map(|_| OnceLock::new()).collect());
+        s.files = files;
+        s.images = images;
+        s
+    }
+
     /// The same set with a new box size and pixel size (after resampling the images).
     pub fn with_geometry(mut self, box_px: usize, apix_a: f64) -> ParticleStack {
         self.box_px = Some(box_px);

@@ -518,3 +518,26 @@ END
 ";
     assert_eq!(text, want);
 }
+
+/// Left-justified names from CHARMM-style files: cysteine SG and methionine SD are sulfur,
+/// not seaborgium; SE of selenomethionine is selenium.
+#[test]
+fn pdb_left_justified_sulfur_is_not_seaborgium() {
+    let text = "\
+ATOM      1 N    CYS    77     -15.069  23.057   4.591  1.00103.03      4AKE
+ATOM      2 CA   CYS    77     -13.741  23.313   5.122  1.00 96.29      4AKE
+ATOM      3 SG   CYS    77     -12.836  21.072   3.742  1.00 99.64      4AKE
+ATOM      4 N    MSE    78     -11.069  23.057   4.591  1.00103.03      4AKE
+ATOM      5 CA   MSE    78     -10.741  23.313   5.122  1.00 96.29      4AKE
+ATOM      6 SE   MSE    78      -9.836  21.072   3.742  1.00 99.64      4AKE
+";
+    let s = cryoforge_io::pdb::parse_pdb(text.as_bytes(), std::path::Path::new("left.pdb")).unwrap();
+    let atoms: Vec<_> = s.models[0].chains.iter().flat_map(|c| &c.residues).flat_map(|r| &r.atoms).collect();
+    let el: Vec<&str> = atoms.iter().map(|a| a.element.as_str()).collect();
+    assert_eq!(
+        el,
+        ["N", "C", "S", "N", "C", "SE"].map(|e| if e == "SE" { atoms[5].element.as_str() } else { e })
+    );
+    assert!(atoms[2].element.eq_ignore_ascii_case("S"), "{}", atoms[2].element);
+    assert!(atoms[5].element.eq_ignore_ascii_case("Se"), "{}", atoms[5].element);
+}

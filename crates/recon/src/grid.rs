@@ -5,7 +5,7 @@
 //! `q = s·Aᵀ(kₓ, k_y, 0)` (s = N/D padded-grid units) into the numerator grid with the
 //! trilinear kernel, and the squared CTF into the weight grid with the same kernel
 //! (the adjoint of the projector's trilinear sampling). Only the kₓ ≥ 0 half of the
-//! padded spectrum is stored ([`PaddedSpectrum`]); inserting one half-plane of each
+//! padded spectrum is stored (`[k_z mod N][k_y mod N][kₓ = 0..=N/2]`); inserting one half-plane of each
 //! image is enough, because the other half holds the Friedel mirrors. The mirrors of
 //! points on the planes kₓ = 0 and kₓ = N/2 are restored by [`Accumulator::complete`].
 //!
@@ -14,7 +14,6 @@
 //! convolves the spectrum with a triangle, which multiplies the map by it).
 
 use cryoforge_core::fft::C32;
-use cryoforge_sim::PaddedSpectrum;
 use rayon::prelude::*;
 use realfft::RealFftPlanner;
 use rustfft::FftPlanner;
@@ -24,22 +23,57 @@ pub const GRIDDING_FLOOR: f64 = 1e-2;
 
 /// Numerator and weight grids of one (half-)reconstruction.
 pub struct Accumulator {
-    pub num: PaddedSpectrum,
+    /// Σ weighted values, `[k_z mod N][k_y mod N][kₓ = 0..=N/2]`.
+    pub num: Vec<C32>,
+    /// Σ weights, same layout.
     pub den: Vec<f32>,
+    np: usize,
     /// Image box D.
     pub d: usize,
 }
 
 impl Accumulator {
     /// Empty grids for images of D px padded by `pad` (N = pad·D rounded to even).
-    pub fn new(d: usize, pad: f64) -> Result<Accumulator, cryoforge_sim::SimError> {
-        let num = PaddedSpectrum::zeros(padded_size(d, pad))?;
-        let den = vec![0f32; num.data().len()];
-        Ok(Accumulator { num, den, d })
+    pub fn new(d: usize, pad: f64) -> Accumulator {
+        let np = padded_size(d, pad);
+        let len = np * np * (np / 2 + 1);
+        Accumulator { num: vec![C32::default(); len], den: vec![0f32; len], np, d }
     }
 
     pub fn np(&self) -> usize {
-        self.num.np()
+        self.np
+    }
+
+    /// Spread value `v` and weight `w` at q (padded-grid units) with trilinear weights.
+    /// A point with qₓ < 0 is stored as its Friedel mirror (−q, v*).
+    #[inline]
+    pub fn spread(&mut self, q: [f64; 3], v: C32, w: f32) {
+        let (q, v) = if q[0] < 0.0 { ([-q[0], -q[1], -q[2]], v.conj()) } else { (q, v) };
+        let np = self.np as isize;
+        let nh = self.np / 2 + 1;
+        let (x0, y0, z0) = (q[0].floor(), q[1].floor(), q[2].floor());
+        let (fx, fy, fz) = ((q[0] - x0) as f32, (q[1] - y0) as f32, (q[2] - z0) as f32);
+        let xmax = self.np / 2;
+        let xa = (x0 as usize).min(xmax);
+        let xb = (xa + 1).min(xmax);
+        let wrap = |v: f64| (v as isize).rem_euclid(np) as usize;
+        let (ya, yb, za, zb) = (wrap(y0), wrap(y0 + 1.0), wrap(z0), wrap(z0 + 1.0));
+        let row = |y: usize, z: usize| (z * self.np + y) * nh;
+        let (gx, gy, gz) = (1.0 - fx, 1.0 - fy, 1.0 - fz);
+        let cells = [
+            (row(ya, za) + xa, gx * gy * gz),
+            (row(ya, za) + xb, fx * gy * gz),
+            (row(yb, za) + xa, gx * fy * gz),
+            (row(yb, za) + xb, fx * fy * gz),
+            (row(ya, zb) + xa, gx * gy * fz),
+            (row(ya, zb) + xb, fx * gy * fz),
+            (row(yb, zb) + xa, gx * fy * fz),
+            (row(yb, zb) + xb, fx * fy * fz),
+        ];
+        for (i, k) in cells {
+            self.num[i] += v * k;
+            self.den[i] += w * k;
+        }
     }
 
     /// Padded-grid units per image frequency unit.
@@ -75,14 +109,14 @@ impl Accumulator {
                 }
                 let (fx, fy) = (kx as f64, ky as f64);
                 let q = [fx * ax[0] + fy * ay[0], fx * ax[1] + fy * ay[1], fx * ax[2] + fy * ay[2]];
-                self.num.spread_weighted(&mut self.den, q, v, w);
+                self.spread(q, v, w);
             }
         }
     }
 
     /// Add another accumulator of the same size.
     pub fn add(&mut self, o: &Accumulator) {
-        self.num.data_mut().par_iter_mut().zip(o.num.data().par_iter()).for_each(|(a, b)| *a += *b);
+        self.num.par_iter_mut().zip(o.num.par_iter()).for_each(|(a, b)| *a += *b);
         self.den.par_iter_mut().zip(o.den.par_iter()).for_each(|(a, b)| *a += *b);
     }
 
@@ -102,7 +136,7 @@ impl Accumulator {
                     seen[a] = true;
                     seen[b] = true;
                     let (ia, ib) = (a * nh + x, b * nh + x);
-                    let data = self.num.data_mut();
+                    let data = &mut self.num;
                     let (va, vb) = (data[ia], data[ib]);
                     let (wa, wb) = (self.den[ia], self.den[ib]);
                     if ia == ib {
@@ -161,7 +195,7 @@ impl Accumulator {
         let s = self.scale();
         let d = self.d;
         let nyq = (d / 2) as f64;
-        let num = self.num.data();
+        let num = &self.num;
         let mut spec = vec![C32::default(); num.len()];
         let signed = |v: usize| if v <= np / 2 { v as f64 } else { v as f64 - np as f64 };
         spec.par_chunks_mut(np * nh).enumerate().for_each(|(z, plane)| {

@@ -10,4 +10,6 @@ pub mod grid;
 pub mod reconstruct;
 
 pub use grid::{padded_size, Accumulator};
-pub use reconstruct::{reconstruct, CtfCorrection, HalfSplit, ReconConfig, ReconError, Reconstruction, Regularisation};
+pub use reconstruct::{
+    reconstruct, CtfCorrection, HalfSplit, ReconConfig, ReconError, Reconstruction, Regularisation,
+};

@@ -84,8 +84,6 @@ pub enum ReconError {
     Io(#[from] cryoforge_io::IoError),
     #[error("{0}")]
     Input(String),
-    #[error("{0}")]
-    Sim(#[from] cryoforge_sim::SimError),
 }
 
 /// The maps and curves of a reconstruction.
@@ -142,7 +140,10 @@ pub fn reconstruct(
         return Err(ReconError::Input(format!("box of {d} px is too small to reconstruct")));
     }
     let poses = s.poses.as_ref().ok_or_else(|| {
-        ReconError::Input(format!("{}: the particles have no poses (give --poses or a refined STAR/.cs)", s.path.display()))
+        ReconError::Input(format!(
+            "{}: the particles have no poses (give --poses or a refined STAR/.cs)",
+            s.path.display()
+        ))
     })?;
     if s.images.is_empty() {
         return Err(ReconError::Input(format!("{}: lists no particle images", s.path.display())));
@@ -156,7 +157,10 @@ pub fn reconstruct(
     let halves = half_assignment(s, cfg.half_split)?;
     let n_half = [halves.iter().filter(|&&h| h == 0).count(), halves.iter().filter(|&&h| h == 1).count()];
     if n_half[0] == 0 || n_half[1] == 0 {
-        return Err(ReconError::Input(format!("a half set is empty ({} / {} particles)", n_half[0], n_half[1])));
+        return Err(ReconError::Input(format!(
+            "a half set is empty ({} / {} particles)",
+            n_half[0], n_half[1]
+        )));
     }
 
     let lanes = rayon::current_num_threads().clamp(1, s.len());
@@ -168,7 +172,7 @@ pub fn reconstruct(
     let parts: Vec<Result<[Accumulator; 2], ReconError>> = (0..lanes)
         .into_par_iter()
         .map(|lane| {
-            let mut acc = [Accumulator::new(d, cfg.pad)?, Accumulator::new(d, cfg.pad)?];
+            let mut acc = [Accumulator::new(d, cfg.pad), Accumulator::new(d, cfg.pad)];
             let mut lw = LaneWork::new(d, &fft);
             let end = ((lane + 1) * chunk).min(s.len());
             for i in lane * chunk..end {
@@ -185,7 +189,7 @@ pub fn reconstruct(
                     acc[halves[i] as usize].insert(&rot.0, &lw.values, &lw.weights);
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 64 == 0 || n == s.len() {
+                if n.is_multiple_of(64) || n == s.len() {
                     progress(n);
                 }
             }
@@ -272,7 +276,13 @@ impl LaneWork {
                     }
                     (CtfCorrection::PhaseFlip, Some(_)) => {
                         let t = self.ctf[k];
-                        let f = if t > 0.0 { -1.0 } else if t < 0.0 { 1.0 } else { 0.0 };
+                        let f = if t > 0.0 {
+                            -1.0
+                        } else if t < 0.0 {
+                            1.0
+                        } else {
+                            0.0
+                        };
                         (x * f, if t == 0.0 { 0.0 } else { 1.0 })
                     }
                     _ => (x, 1.0),
@@ -318,8 +328,10 @@ fn finish(
             (la, lb, fsc_volumes(&a, &b, d, apix))
         }
         Regularisation::Ssnr { iterations } => {
-            let (mut la, mut lb) =
-                (tikhonov_lambda(&acc[0], cfg.initial_tikhonov), tikhonov_lambda(&acc[1], cfg.initial_tikhonov));
+            let (mut la, mut lb) = (
+                tikhonov_lambda(&acc[0], cfg.initial_tikhonov),
+                tikhonov_lambda(&acc[1], cfg.initial_tikhonov),
+            );
             let mut fsc = fsc_volumes(&acc[0].to_map(&la), &acc[1].to_map(&lb), d, apix);
             for _ in 0..iterations {
                 la = ssnr_lambda(&acc[0], &fsc, 1.0);

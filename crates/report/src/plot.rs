@@ -72,7 +72,8 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
     ensure_font();
     let err = |m: String| PlotError { title: p.title.clone(), msg: m };
     let pts = p.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) =
+        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
         x0 = x0.min(x);
         x1 = x1.max(x);
@@ -152,7 +153,10 @@ mod tests {
     #[test]
     fn renders_a_png() {
         let mut p = LinePlot::new("FSC", "resolution (1/Å)", "FSC");
-        p.series.push(Series { name: "half maps".into(), points: (0..20).map(|i| (i as f64 * 0.01, 1.0 - i as f64 * 0.05)).collect() });
+        p.series.push(Series {
+            name: "half maps".into(),
+            points: (0..20).map(|i| (i as f64 * 0.01, 1.0 - i as f64 * 0.05)).collect(),
+        });
         p.hlines.push((0.143, "0.143".into()));
         p.y_range = Some((-0.1, 1.05));
         let png = line_plot_png(&p).unwrap();

@@ -4,6 +4,9 @@
 /// offending item (atom or residue index, element symbol, box size).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SimError {
+    /// Invalid simulation input (message says what and where).
+    #[error("{0}")]
+    Input(String),
     #[error("unknown element symbol {symbol:?} (no Peng 1996 scattering factors for it)")]
     UnknownElement { symbol: String },
     #[error("no Peng 1996 scattering factors for atomic number {z} (supported: 1-36)")]

@@ -33,6 +33,8 @@ pub mod fft3;
 pub mod gaussian_image;
 pub mod project;
 pub mod reference;
+pub mod sampling;
+pub mod simulate;
 mod splat;
 
 pub use density::{atomic_density, AtomSpec, GaussianModel, CA_SIGMA_A};

@@ -15,7 +15,9 @@ use crate::elements::Element;
 use crate::error::SimError;
 use crate::gaussian_image::{GaussianImageWork, GaussianImager};
 use crate::project::{Projector, ProjectorWork, DEFAULT_PAD};
-use crate::sampling::{normal, particle_rng, sample_shift_a, sample_weighted, CtfDistribution, PoseDistribution};
+use crate::sampling::{
+    normal, particle_rng, sample_shift_a, sample_weighted, CtfDistribution, PoseDistribution,
+};
 use cryoforge_core::ctf::CtfGrid;
 use cryoforge_core::{CtfParams, Rot3};
 use cryoforge_io::mrc::MrcStackWriter;
@@ -56,9 +58,16 @@ pub enum Sample {
 
 /// Where poses and CTFs come from.
 pub enum PoseSource {
-    Random { poses: PoseDistribution, ctf: CtfDistribution, shift_max_a: f64 },
+    Random {
+        poses: PoseDistribution,
+        ctf: CtfDistribution,
+        shift_max_a: f64,
+    },
     /// Given per particle (e.g. from a STAR/.cs via `--poses-from`).
-    Given { poses: Vec<Pose>, ctf: Vec<CtfParams> },
+    Given {
+        poses: Vec<Pose>,
+        ctf: Vec<CtfParams>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,7 +199,10 @@ pub fn gaussian_model(m: &Model) -> Result<GaussianModel, SimError> {
     if anchors.is_empty() {
         return Err(SimError::Input("the model has no Cα, C1′ or P atoms".into()));
     }
-    GaussianModel::with_default_sigma(anchors.iter().map(|a| a.pos).collect(), anchors.iter().map(|a| a.amplitude).collect())
+    GaussianModel::with_default_sigma(
+        anchors.iter().map(|a| a.pos).collect(),
+        anchors.iter().map(|a| a.amplitude).collect(),
+    )
 }
 
 /// Mean Cα (anchor) position of a model, in Å.
@@ -226,7 +238,8 @@ pub fn translate_models(models: &mut [Model], delta: [f64; 3]) {
 
 fn draw_truth(i: usize, src: &PoseSource, s: &SimSettings, cum: &[f64]) -> Truth {
     let seed = s.seed;
-    let model = if cum.len() > 1 { sample_weighted(&mut particle_rng(seed, i as u64, RNG_MODEL), cum) } else { 0 };
+    let model =
+        if cum.len() > 1 { sample_weighted(&mut particle_rng(seed, i as u64, RNG_MODEL), cum) } else { 0 };
     match src {
         PoseSource::Given { poses, ctf } => Truth { model, pose: poses[i], ctf: ctf[i] },
         PoseSource::Random { poses, ctf, shift_max_a } => {
@@ -254,22 +267,32 @@ pub fn simulate(
     }
     if let PoseSource::Given { poses, ctf } = src {
         if poses.len() != n || ctf.len() != n {
-            return Err(SimError::Input(format!("{} poses and {} CTFs given for {n} particles", poses.len(), ctf.len())));
+            return Err(SimError::Input(format!(
+                "{} poses and {} CTFs given for {n} particles",
+                poses.len(),
+                ctf.len()
+            )));
         }
     }
     let renderer = Renderer::build(sample, s)?;
     let nm = renderer.n_models();
     let weights = if s.model_weights.is_empty() { vec![1.0; nm] } else { s.model_weights.clone() };
-    if weights.len() != nm || weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || weights.iter().sum::<f64>() <= 0.0 {
+    if weights.len() != nm
+        || weights.iter().any(|w| !(w.is_finite() && *w >= 0.0))
+        || weights.iter().sum::<f64>() <= 0.0
+    {
         return Err(SimError::Input(format!(
             "{} model weights for {nm} models: give one non-negative weight per model (not all zero)",
             weights.len()
         )));
     }
-    let cum: Vec<f64> = weights.iter().scan(0.0, |a, w| {
-        *a += w;
-        Some(*a)
-    }).collect();
+    let cum: Vec<f64> = weights
+        .iter()
+        .scan(0.0, |a, w| {
+            *a += w;
+            Some(*a)
+        })
+        .collect();
     let truth: Vec<Truth> = (0..n).into_par_iter().map(|i| draw_truth(i, src, s, &cum)).collect();
     let grid = CtfGrid::new(d, s.apix_a);
     let sign = if s.invert { -1.0f32 } else { 1.0 };

@@ -175,7 +175,8 @@ fn write_fsc_csv(path: &Path, un: &FscCurve, masked: &FscCurve, reference: Optio
         }
         t.push('\n');
     }
-    cryoforge_io::atomic::write_bytes_atomic(path, t.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    cryoforge_io::atomic::write_bytes_atomic(path, t.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_fsc_png(path: &Path, un: &FscCurve, masked: &FscCurve, reference: Option<&FscCurve>) -> Result<()> {
