@@ -186,34 +186,51 @@ pub struct CtfGrid {
 impl CtfGrid {
     /// Grid of `ctf_grid_centered`: element `[row][col]` at `((col − D/2), (row − D/2))/(D·apix)`.
     pub fn new(d: usize, apix_a: f64) -> CtfGrid {
-        let inv = 1.0 / (d as f64 * apix_a);
-        let h = (d / 2) as f64;
-        let mut g = CtfGrid {
+        let h = (d / 2) as isize;
+        Self::from_indices(
             d,
-            s2: Vec::with_capacity(d * d),
-            cos2a: Vec::with_capacity(d * d),
-            sin2a: Vec::with_capacity(d * d),
-        };
-        for r in 0..d {
-            let sy = (r as f64 - h) * inv;
-            for c in 0..d {
-                let sx = (c as f64 - h) * inv;
-                let a = sy.atan2(sx);
-                g.s2.push(sx * sx + sy * sy);
-                g.cos2a.push((2.0 * a).cos());
-                g.sin2a.push((2.0 * a).sin());
-            }
+            apix_a,
+            (0..d).flat_map(|r| (0..d).map(move |c| (c as isize - h, r as isize - h))),
+        )
+    }
+
+    /// Grid of the half-plane layout of [`crate::fft::Rfft2`] (D × (D/2+1): row r ↔
+    /// k_y = r for r < D/2 else r − D, column c ↔ kₓ = c), equal to `ctf_grid_rfft`.
+    pub fn new_half(d: usize, apix_a: f64) -> CtfGrid {
+        let half = d / 2;
+        let ky = move |r: usize| if r < half { r as isize } else { r as isize - d as isize };
+        Self::from_indices(d, apix_a, (0..d).flat_map(move |r| (0..=half).map(move |c| (c as isize, ky(r)))))
+    }
+
+    fn from_indices(d: usize, apix_a: f64, ks: impl Iterator<Item = (isize, isize)>) -> CtfGrid {
+        let inv = 1.0 / (d as f64 * apix_a);
+        let mut g = CtfGrid { d, s2: Vec::new(), cos2a: Vec::new(), sin2a: Vec::new() };
+        for (kx, ky) in ks {
+            let (sx, sy) = (kx as f64 * inv, ky as f64 * inv);
+            let a = sy.atan2(sx);
+            g.s2.push(sx * sx + sy * sy);
+            g.cos2a.push((2.0 * a).cos());
+            g.sin2a.push((2.0 * a).sin());
         }
         g
+    }
+
+    /// Number of grid points.
+    pub fn len(&self) -> usize {
+        self.s2.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.s2.is_empty()
     }
 
     pub fn size(&self) -> usize {
         self.d
     }
 
-    /// Fill `out` (D×D) with the CTF of `p`; equal to [`ctf_grid_centered`].
+    /// Fill `out` (one value per grid point) with the CTF of `p`.
     pub fn fill(&self, p: &CtfParams, out: &mut [f32]) {
-        assert_eq!(out.len(), self.d * self.d, "CtfGrid::fill: output must be D×D");
+        assert_eq!(out.len(), self.len(), "CtfGrid::fill: output length must match the grid");
         let e = p.evaluator();
         let (c2, s2a) = ((2.0 * e.df_ang).cos(), (2.0 * e.df_ang).sin());
         let l = e.lambda;
@@ -341,6 +358,14 @@ mod tests {
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-5, "{x} {y}");
             }
+        }
+        let d = 16;
+        let g = CtfGrid::new_half(d, 1.7);
+        let (mut a, mut b) = (vec![0f32; d * (d / 2 + 1)], vec![0f32; d * (d / 2 + 1)]);
+        g.fill(&p, &mut a);
+        ctf_grid_rfft(&p, d, 1.7, &mut b);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{x} {y}");
         }
     }
 

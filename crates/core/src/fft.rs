@@ -156,6 +156,82 @@ impl Fft2 {
     }
 }
 
+/// Half-plane 2D FFT of real D×D images (D even): the kₓ ≥ 0 half of the centred
+/// spectrum, stored D × (D/2+1) with row r ↔ k_y = r for r < D/2, else r − D, and
+/// column c ↔ kₓ = c. Same values as [`Fft2::forward_real`] at those frequencies, for
+/// about half the work.
+pub struct Rfft2 {
+    d: usize,
+    r2c: Arc<dyn realfft::RealToComplex<f32>>,
+    fwd: Arc<dyn Fft<f32>>,
+}
+
+/// Per-thread scratch for [`Rfft2`].
+pub struct Rfft2Work {
+    row: Vec<f32>,
+    row_out: Vec<C32>,
+    col: Vec<C32>,
+    rscratch: Vec<C32>,
+    cscratch: Vec<C32>,
+}
+
+impl Rfft2 {
+    pub fn new(d: usize) -> Rfft2 {
+        assert!(d % 2 == 0 && d > 0, "Rfft2 needs an even size");
+        let r2c = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(d);
+        let fwd = FftPlanner::<f32>::new().plan_fft_forward(d);
+        Rfft2 { d, r2c, fwd }
+    }
+
+    pub fn size(&self) -> usize {
+        self.d
+    }
+
+    pub fn work(&self) -> Rfft2Work {
+        Rfft2Work {
+            row: vec![0.0; self.d],
+            row_out: vec![C32::default(); self.d / 2 + 1],
+            col: vec![C32::default(); self.d],
+            rscratch: self.r2c.make_scratch_vec(),
+            cscratch: vec![C32::default(); self.fwd.get_inplace_scratch_len()],
+        }
+    }
+
+    /// Signed k_y of stored row r.
+    #[inline]
+    pub fn row_freq(&self, r: usize) -> isize {
+        if r < self.d / 2 {
+            r as isize
+        } else {
+            r as isize - self.d as isize
+        }
+    }
+
+    /// Forward transform of `img` (D×D, origin at pixel D/2) into `out` (D×(D/2+1)).
+    pub fn forward(&self, w: &mut Rfft2Work, img: &[f32], out: &mut [C32]) {
+        let (d, nh) = (self.d, self.d / 2 + 1);
+        assert!(img.len() == d * d && out.len() == d * nh, "Rfft2::forward: wrong sizes");
+        for y in 0..d {
+            let src = &img[ifftshift_index(y, d) * d..][..d];
+            for (x, v) in w.row.iter_mut().enumerate() {
+                *v = src[ifftshift_index(x, d)];
+            }
+            // Lengths are fixed at construction: realfft only fails on wrong lengths.
+            let _ = self.r2c.process_with_scratch(&mut w.row, &mut w.row_out, &mut w.rscratch);
+            out[y * nh..(y + 1) * nh].copy_from_slice(&w.row_out);
+        }
+        for c in 0..nh {
+            for y in 0..d {
+                w.col[y] = out[y * nh + c];
+            }
+            self.fwd.process_with_scratch(&mut w.col, &mut w.cscratch);
+            for y in 0..d {
+                out[y * nh + c] = w.col[y];
+            }
+        }
+    }
+}
+
 /// 3D centred FFT of an n×n×n volume (`[z][y][x]`), parallel over lines with rayon.
 pub struct Fft3 {
     n: usize,
@@ -391,6 +467,29 @@ mod tests {
         let mut spec = vec![C32::default(); d * d];
         f.forward_real(&mut w, &x, &mut spec);
         assert!(spec.iter().all(|v| (v.re - 1.0).abs() < 1e-6 && v.im.abs() < 1e-6));
+    }
+
+    #[test]
+    fn half_plane_fft_matches_full() {
+        let d = 12;
+        let mut s = 11u64;
+        let x: Vec<f32> = (0..d * d).map(|_| lcg(&mut s)).collect();
+        let (f, h) = (Fft2::new(d), Rfft2::new(d));
+        let (mut wf, mut wh) = (f.work(), h.work());
+        let mut full = vec![C32::default(); d * d];
+        let mut half = vec![C32::default(); d * (d / 2 + 1)];
+        f.forward_real(&mut wf, &x, &mut full);
+        h.forward(&mut wh, &x, &mut half);
+        for r in 0..d {
+            let ky = h.row_freq(r);
+            for c in 0..=d / 2 {
+                let (fr, fc) = ((ky + (d / 2) as isize) as usize, c + d / 2);
+                if fc < d {
+                    let (a, b) = (half[r * (d / 2 + 1) + c], full[fr * d + fc]);
+                    assert!((a - b).norm() < 1e-4, "r={r} c={c}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,12 +21,20 @@ use rustfft::FftPlanner;
 /// Lower bound of the gridding-correction divisor (as the projector's).
 pub const GRIDDING_FLOOR: f64 = 1e-2;
 
+/// One stored frequency: Σ weighted values (re, im) and Σ weights, interleaved so that a
+/// trilinear corner touches one cache line.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C)]
+pub struct Cell {
+    pub re: f32,
+    pub im: f32,
+    pub w: f32,
+}
+
 /// Numerator and weight grids of one (half-)reconstruction.
 pub struct Accumulator {
-    /// Σ weighted values, `[k_z mod N][k_y mod N][kₓ = 0..=N/2]`.
-    pub num: Vec<C32>,
-    /// Σ weights, same layout.
-    pub den: Vec<f32>,
+    /// `[k_z mod N][k_y mod N][kₓ = 0..=N/2]`.
+    pub cells: Vec<Cell>,
     np: usize,
     /// Image box D.
     pub d: usize,
@@ -37,7 +45,7 @@ impl Accumulator {
     pub fn new(d: usize, pad: f64) -> Accumulator {
         let np = padded_size(d, pad);
         let len = np * np * (np / 2 + 1);
-        Accumulator { num: vec![C32::default(); len], den: vec![0f32; len], np, d }
+        Accumulator { cells: vec![Cell::default(); len], np, d }
     }
 
     pub fn np(&self) -> usize {
@@ -71,8 +79,10 @@ impl Accumulator {
             (row(yb, zb) + xb, fx * fy * fz),
         ];
         for (i, k) in cells {
-            self.num[i] += v * k;
-            self.den[i] += w * k;
+            let c = &mut self.cells[i];
+            c.re += v.re * k;
+            c.im += v.im * k;
+            c.w += w * k;
         }
     }
 
@@ -81,34 +91,34 @@ impl Accumulator {
         self.np() as f64 / self.d as f64
     }
 
-    /// Insert one image's weighted slice. `values` and `weights` are centred D×D arrays
-    /// (value = CTF-weighted, re-centred spectrum; weight = CTF² or 1); `rot` is the
-    /// rotation A of the pose. Frequencies beyond Nyquist (|k| > D/2) are skipped.
+    /// Insert one image's weighted slice. `values` and `weights` are in the half-plane
+    /// layout of `cryoforge_core::fft::Rfft2` (D × (D/2+1); value = CTF-weighted,
+    /// re-centred spectrum; weight = CTF² or 1); `rot` is the rotation A of the pose.
+    /// Each Friedel pair is inserted once (kₓ > 0, or kₓ = 0 with k_y ≥ 0); frequencies
+    /// beyond Nyquist (|k| > D/2) are skipped.
     pub fn insert(&mut self, rot: &[[f64; 3]; 3], values: &[C32], weights: &[f32]) {
         let d = self.d;
-        let h = (d / 2) as isize;
+        let (h, nh) = ((d / 2) as isize, d / 2 + 1);
         let s = self.scale();
-        let r2max = (h * h) as f64;
+        let r2max = h * h;
         // Columns of Aᵀ for kₓ and k_y: q = kₓ·(A₀₀, A₀₁, A₀₂) + k_y·(A₁₀, A₁₁, A₁₂).
         let ax = [rot[0][0] * s, rot[0][1] * s, rot[0][2] * s];
         let ay = [rot[1][0] * s, rot[1][1] * s, rot[1][2] * s];
-        // Half-plane: k_y < 0, or k_y = 0 with kₓ ≥ 0.
-        for row in 0..=(h as usize) {
-            let ky = row as isize - h;
-            let kx0 = if ky == 0 { 0 } else { -h };
-            for kx in kx0..(d as isize - h) {
-                let r2 = (kx * kx + ky * ky) as f64;
-                if r2 > r2max {
-                    continue;
+        for row in 0..d {
+            let ky = if (row as isize) < h { row as isize } else { row as isize - d as isize };
+            let kx0 = if ky < 0 { 1 } else { 0 };
+            let base = [ky as f64 * ay[0], ky as f64 * ay[1], ky as f64 * ay[2]];
+            for kx in kx0..nh as isize {
+                if kx * kx + ky * ky > r2max {
+                    break;
                 }
-                let i = row * d + (kx + h) as usize;
-                let w = weights[i];
-                let v = values[i];
+                let i = row * nh + kx as usize;
+                let (v, w) = (values[i], weights[i]);
                 if w == 0.0 && v == C32::default() {
                     continue;
                 }
-                let (fx, fy) = (kx as f64, ky as f64);
-                let q = [fx * ax[0] + fy * ay[0], fx * ax[1] + fy * ay[1], fx * ax[2] + fy * ay[2]];
+                let f = kx as f64;
+                let q = [base[0] + f * ax[0], base[1] + f * ax[1], base[2] + f * ax[2]];
                 self.spread(q, v, w);
             }
         }
@@ -116,8 +126,11 @@ impl Accumulator {
 
     /// Add another accumulator of the same size.
     pub fn add(&mut self, o: &Accumulator) {
-        self.num.par_iter_mut().zip(o.num.par_iter()).for_each(|(a, b)| *a += *b);
-        self.den.par_iter_mut().zip(o.den.par_iter()).for_each(|(a, b)| *a += *b);
+        self.cells.par_iter_mut().zip(o.cells.par_iter()).for_each(|(a, b)| {
+            a.re += b.re;
+            a.im += b.im;
+            a.w += b.w;
+        });
     }
 
     /// Restore the Friedel mirrors on the planes kₓ = 0 and kₓ = N/2 (see module docs).
@@ -136,17 +149,13 @@ impl Accumulator {
                     seen[a] = true;
                     seen[b] = true;
                     let (ia, ib) = (a * nh + x, b * nh + x);
-                    let data = &mut self.num;
-                    let (va, vb) = (data[ia], data[ib]);
-                    let (wa, wb) = (self.den[ia], self.den[ib]);
+                    let (ca, cb) = (self.cells[ia], self.cells[ib]);
                     if ia == ib {
-                        data[ia] = C32::new(2.0 * va.re, 0.0);
-                        self.den[ia] = 2.0 * wa;
+                        self.cells[ia] = Cell { re: 2.0 * ca.re, im: 0.0, w: 2.0 * ca.w };
                     } else {
-                        data[ia] = va + vb.conj();
-                        data[ib] = vb + va.conj();
-                        self.den[ia] = wa + wb;
-                        self.den[ib] = wa + wb;
+                        let w = ca.w + cb.w;
+                        self.cells[ia] = Cell { re: ca.re + cb.re, im: ca.im - cb.im, w };
+                        self.cells[ib] = Cell { re: cb.re + ca.re, im: cb.im - ca.im, w };
                     }
                 }
             }
@@ -162,7 +171,7 @@ impl Accumulator {
         self.for_each_point(|i, r| {
             let k = r.round() as usize;
             if k <= nyq {
-                sum[k] += self.den[i] as f64;
+                sum[k] += self.cells[i].w as f64;
                 cnt[k] += 1.0;
             }
         });
@@ -195,8 +204,8 @@ impl Accumulator {
         let s = self.scale();
         let d = self.d;
         let nyq = (d / 2) as f64;
-        let num = &self.num;
-        let mut spec = vec![C32::default(); num.len()];
+        let cells = &self.cells;
+        let mut spec = vec![C32::default(); cells.len()];
         let signed = |v: usize| if v <= np / 2 { v as f64 } else { v as f64 - np as f64 };
         spec.par_chunks_mut(np * nh).enumerate().for_each(|(z, plane)| {
             let kz = signed(z);
@@ -209,9 +218,10 @@ impl Accumulator {
                     }
                     let i = (z * np + y) * nh + x;
                     let lam = interp(lambda, r);
-                    let w = self.den[i] as f64 + lam;
+                    let c = cells[i];
+                    let w = c.w as f64 + lam;
                     if w > 0.0 {
-                        plane[y * nh + x] = num[i] * (1.0 / w) as f32;
+                        plane[y * nh + x] = C32::new(c.re, c.im) * (1.0 / w) as f32;
                     }
                 }
             }
