@@ -177,7 +177,7 @@ pub struct Rfft2Work {
 
 impl Rfft2 {
     pub fn new(d: usize) -> Rfft2 {
-        assert!(d % 2 == 0 && d > 0, "Rfft2 needs an even size");
+        assert!(d.is_multiple_of(2) && d > 0, "Rfft2 needs an even size");
         let r2c = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(d);
         let fwd = FftPlanner::<f32>::new().plan_fft_forward(d);
         Rfft2 { d, r2c, fwd }
