@@ -1,8 +1,8 @@
 //! PDB and mmCIF atomic models: reading, anchor-atom selection and writing.
 //!
 //! # Design
-//! - **PDB** is read by our own tolerant fixed-column reader. `pdbtbx` (a dependency of this
-//!   crate) validates strictly and rejects common real-world files (CHARMM/NAMD output with
+//! - **PDB** is read by our own tolerant fixed-column reader. `pdbtbx` (evaluated, not a
+//!   dependency) validates strictly and rejects common real-world files (CHARMM/NAMD output with
 //!   no element column and blank chains, 4-letter residue names, short lines); those are
 //!   exactly the files cryo-EM flexible-fitting tools exchange, so we do not use it.
 //! - **mmCIF** is read by a small `_atom_site` loop reader of our own rather than `pdbtbx`
