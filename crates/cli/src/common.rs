@@ -57,7 +57,7 @@ pub struct ParticleArgs {
     #[arg(long, value_name = "A")]
     pub apix: Option<f64>,
     /// Use only these particles: a cryoDRGN index .pkl or a text file of 0-based indices.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, visible_alias = "index", value_name = "FILE")]
     pub ind: Option<PathBuf>,
     /// Use only the first N particles (after --ind).
     #[arg(long, value_name = "N")]

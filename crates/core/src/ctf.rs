@@ -251,6 +251,28 @@ impl CtfGrid {
     }
 }
 
+/// Phase flipping: multiply a spectrum by −sign(CTF) (cryoDRGN-sign CTF grid, same
+/// layout), turning protein-bright particles into CTF-sign-corrected ones.
+pub fn phase_flip(spec: &mut [crate::fft::C32], ctf: &[f32]) {
+    for (v, c) in spec.iter_mut().zip(ctf) {
+        *v *= if *c > 0.0 {
+            -1.0
+        } else if *c < 0.0 {
+            1.0
+        } else {
+            0.0
+        };
+    }
+}
+
+/// Wiener correction of one image: `X·(−CTF)/(CTF² + 1/SNR)` (protein-bright convention).
+pub fn wiener_filter(spec: &mut [crate::fft::C32], ctf: &[f32], snr: f64) {
+    let reg = if snr > 0.0 { (1.0 / snr) as f32 } else { f32::INFINITY };
+    for (v, c) in spec.iter_mut().zip(ctf) {
+        *v *= -*c / (c * c + reg);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +389,19 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "{x} {y}");
         }
+    }
+
+    #[test]
+    fn phase_flip_and_wiener_undo_the_ctf_sign() {
+        use crate::fft::C32;
+        let ctf = [0.5f32, -0.25, 0.0];
+        // Protein-bright image: X = −CTF·P with P = 1.
+        let mut x: Vec<C32> = ctf.iter().map(|c| C32::new(-c, 0.0)).collect();
+        let mut y = x.clone();
+        phase_flip(&mut x, &ctf);
+        assert_eq!(x.iter().map(|v| v.re).collect::<Vec<_>>(), vec![0.5, 0.25, 0.0]);
+        wiener_filter(&mut y, &ctf, 1e9);
+        assert!((y[0].re - 1.0).abs() < 1e-6 && (y[1].re - 1.0).abs() < 1e-6 && y[2].re == 0.0);
     }
 
     #[test]
