@@ -585,6 +585,21 @@ mod tests {
     }
 
     #[test]
+    fn duplicates_and_f32_input_stay_finite() {
+        // 60 points, 20 of them identical copies of the origin.
+        let mut data = vec![0.0f32; 20 * 4];
+        data.extend((0..40 * 4).map(|v| ((v * 37 % 23) as f32) * 0.3));
+        let x = MatrixView::new(&data, 60, 4).unwrap();
+        let o = UmapOptions { n_neighbors: 59, n_epochs: Some(30), ..Default::default() };
+        let u = umap(x, &o).unwrap();
+        assert!(u.embedding.as_slice().iter().all(|v| v.is_finite()));
+        let o =
+            UmapOptions { n_neighbors: 5, n_epochs: Some(30), init: UmapInit::Random, ..Default::default() };
+        let u = umap(x, &o).unwrap();
+        assert!(u.embedding.as_slice().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
     fn errors_and_limits() {
         let (data, _) = blobs(2, 20, 3, 5.0, 1.0, 4);
         let x = MatrixView::new(&data, 40, 3).unwrap();
