@@ -181,10 +181,13 @@ fn bad_ca_model_is_reported() {
 }
 
 /// Timing of the atomic density of adenylate kinase (3341 atoms, 1AKE) on a 128³ grid
-/// at 1 Å/px (run with `--ignored --nocapture`; skipped without the shared test data).
+/// at 1 Å/px (run with `CRYOFORGE_SCALE_BENCH=1 … -- --nocapture`; skipped without the shared test data).
 #[test]
-#[ignore]
 fn bench_atomic_density_adk() {
+    if std::env::var("CRYOFORGE_SCALE_BENCH").ok().as_deref() != Some("1") {
+        eprintln!("SKIP bench_atomic_density_adk: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
+        return;
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     let dir = std::env::var("CRYOFORGE_TEST_DATA").map(std::path::PathBuf::from).unwrap_or(root);
     let Ok(text) = std::fs::read_to_string(dir.join("structures/adk_closed.pdb")) else {

@@ -163,8 +163,11 @@ fn bad_imager_input_is_reported() {
 
 /// Timing of one 128-px Cα image of a 214-residue model (AdK size) on one core.
 #[test]
-#[ignore]
 fn bench_ca_image_128() {
+    if std::env::var("CRYOFORGE_SCALE_BENCH").ok().as_deref() != Some("1") {
+        eprintln!("SKIP bench_ca_image_128: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
+        return;
+    }
     let (d, apix) = (128, 1.0);
     let mut r = rng(35);
     let model = random_model(&mut r, 214, 25.0);

@@ -385,10 +385,13 @@ fn projector_is_shareable_across_rayon_threads() {
 }
 
 /// Timing of one 128-px projection with CTF and shift on one core (run with
-/// `cargo test -p cryoforge-sim --test projection -- --ignored --nocapture`).
+/// `CRYOFORGE_SCALE_BENCH=1 cargo test -p cryoforge-sim --test projection -- --nocapture`).
 #[test]
-#[ignore]
 fn bench_project_image_128() {
+    if std::env::var("CRYOFORGE_SCALE_BENCH").ok().as_deref() != Some("1") {
+        eprintln!("SKIP bench_project_image_128: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
+        return;
+    }
     let n = 128;
     let mut r = rng(12);
     let blobs = random_blobs(&mut r, 30, 40.0, 2.0, 5.0);
