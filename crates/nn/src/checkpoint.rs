@@ -56,7 +56,8 @@ fn rng_restore(s: &RngState) -> Result<ChaCha8Rng> {
     }
     let mut r = ChaCha8Rng::from_seed(seed);
     r.set_stream(s.stream);
-    let wp: u128 = s.word_pos.parse().map_err(|_| NnError::msg(format!("bad RNG word position {:?}", s.word_pos)))?;
+    let wp: u128 =
+        s.word_pos.parse().map_err(|_| NnError::msg(format!("bad RNG word position {:?}", s.word_pos)))?;
     r.set_word_pos(wp);
     Ok(r)
 }
@@ -70,8 +71,10 @@ pub struct Resume {
 
 /// Save parameters `vars`, the optimiser (if any), the step and the RNG into folder `dir`.
 pub fn save(dir: &Path, vars: &[(String, Var)], opt: Option<&Adam>, step: u64, rng: &TrainRng) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| NnError::msg(format!("cannot create {}: {e}", dir.display())))?;
-    let weights: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NnError::msg(format!("cannot create {}: {e}", dir.display())))?;
+    let weights: HashMap<String, Tensor> =
+        vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     candle_core::safetensors::save(&weights, dir.join("weights.safetensors"))?;
     let (opt_steps, opt_skipped, lrs) = match opt {
         Some(o) => {
@@ -84,20 +87,26 @@ pub fn save(dir: &Path, vars: &[(String, Var)], opt: Option<&Adam>, step: u64, r
     let json = serde_json::to_string_pretty(&st).map_err(|e| NnError::msg(e.to_string()))?;
     let tmp = dir.join("state.json.tmp");
     std::fs::write(&tmp, json).map_err(|e| NnError::msg(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| NnError::msg(format!("cannot finish checkpoint: {e}")))?;
+    std::fs::rename(&tmp, dir.join("state.json"))
+        .map_err(|e| NnError::msg(format!("cannot finish checkpoint: {e}")))?;
     Ok(())
 }
 
 /// Load a checkpoint saved by [`save`] into `vars` (matched by name) and `opt`.
 pub fn load(dir: &Path, vars: &[(String, Var)], opt: Option<&mut Adam>) -> Result<Resume> {
     let sp = dir.join("state.json");
-    let s = std::fs::read_to_string(&sp).map_err(|e| NnError::msg(format!("not a checkpoint: {}: {e}", sp.display())))?;
+    let s = std::fs::read_to_string(&sp)
+        .map_err(|e| NnError::msg(format!("not a checkpoint: {}: {e}", sp.display())))?;
     let st: State = serde_json::from_str(&s).map_err(|e| NnError::msg(format!("{}: {e}", sp.display())))?;
     let w = candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu)?;
     for (name, var) in vars {
         let t = w.get(name).ok_or_else(|| NnError::msg(format!("checkpoint lacks parameter {name}")))?;
         if t.dims() != var.dims() {
-            return Err(NnError::msg(format!("parameter {name}: checkpoint shape {:?}, model {:?}", t.dims(), var.dims())));
+            return Err(NnError::msg(format!(
+                "parameter {name}: checkpoint shape {:?}, model {:?}",
+                t.dims(),
+                var.dims()
+            )));
         }
         var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
     }

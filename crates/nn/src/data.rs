@@ -33,7 +33,14 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { batch_size: 64, seed: 0, shuffle: true, drop_last: false, prefetch: 2, cache_limit_bytes: None }
+        LoaderConfig {
+            batch_size: 64,
+            seed: 0,
+            shuffle: true,
+            drop_last: false,
+            prefetch: 2,
+            cache_limit_bytes: None,
+        }
     }
 }
 
@@ -67,7 +74,10 @@ impl Batch {
         let Some(p) = &self.poses else { return Ok(None) };
         let rots: Vec<f32> = p.iter().flat_map(|q| q.rot.to_f32()).collect();
         let sh: Vec<f32> = p.iter().flat_map(|q| [q.shift_px[0] as f32, q.shift_px[1] as f32]).collect();
-        Ok(Some((Tensor::from_vec(rots, (p.len(), 3, 3), device)?, Tensor::from_vec(sh, (p.len(), 2), device)?)))
+        Ok(Some((
+            Tensor::from_vec(rots, (p.len(), 3, 3), device)?,
+            Tensor::from_vec(sh, (p.len(), 2), device)?,
+        )))
     }
 }
 
@@ -149,7 +159,7 @@ impl DataLoader {
                 }
             }
         });
-        EpochIter { rx, handle: Some(handle) }
+        EpochIter { rx: Some(rx), handle: Some(handle) }
     }
 }
 
@@ -170,7 +180,7 @@ fn make_batch(stack: &ParticleStack, cache: Option<&[f32]>, d: usize, idx: Vec<u
 
 /// Batches of one epoch; dropping it stops the background thread.
 pub struct EpochIter {
-    rx: Receiver<Result<Batch>>,
+    rx: Option<Receiver<Result<Batch>>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -178,18 +188,16 @@ impl Iterator for EpochIter {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Result<Batch>> {
-        self.rx.recv().ok()
+        self.rx.as_ref()?.recv().ok()
     }
 }
 
 impl Drop for EpochIter {
     fn drop(&mut self) {
-        // Unblock the producer: drain what is queued, then the channel closes.
-        while self.rx.try_recv().is_ok() {}
+        // Closing the channel makes the producer's next `send` fail, so it returns.
+        drop(self.rx.take());
         if let Some(h) = self.handle.take() {
-            // The producer exits at its next send once the receiver is gone; we cannot
-            // drop `rx` before joining, so do not join here (the thread ends on its own).
-            drop(h);
+            let _ = h.join();
         }
     }
 }

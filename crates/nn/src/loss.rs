@@ -98,7 +98,11 @@ impl CorrelationLoss {
     pub fn per_image(&self, pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
         let (b, _, _) = pred.dims3()?;
         if gt.dims() != pred.dims() {
-            return Err(NnError::msg(format!("prediction {:?} and data {:?} differ in shape", pred.dims(), gt.dims())));
+            return Err(NnError::msg(format!(
+                "prediction {:?} and data {:?} differ in shape",
+                pred.dims(),
+                gt.dims()
+            )));
         }
         let mask = self.mask.to_dtype(pred.dtype())?;
         let pm = pred.broadcast_mul(&mask)?.reshape((b, ()))?;
@@ -151,10 +155,19 @@ pub fn kl_free_bits(mu: &Tensor, logvar: &Tensor, free_bits: f64) -> Result<Tens
 pub enum Schedule {
     Constant(f64),
     /// From `start` to `end` linearly over `steps` steps, then `end`.
-    Linear { start: f64, end: f64, steps: u64 },
+    Linear {
+        start: f64,
+        end: f64,
+        steps: u64,
+    },
     /// Cyclical annealing (Fu et al. 2019; cryoSPHERE): `total` steps split into `cycles`
     /// cycles; within a cycle at fraction τ ∈ [0, 1) the weight is `max·min(τ/ratio, 1)`.
-    Cyclical { max: f64, total: u64, cycles: u64, ratio: f64 },
+    Cyclical {
+        max: f64,
+        total: u64,
+        cycles: u64,
+        ratio: f64,
+    },
 }
 
 impl Schedule {

@@ -282,8 +282,14 @@ impl Adam {
         for (g, s) in self.groups.iter().zip(&self.state) {
             for ((name, var), mo) in g.params.iter().zip(s) {
                 let dev = candle_core::Device::Cpu;
-                out.insert(format!("{}/{}/m", g.name, name), Tensor::from_vec(mo.m.clone(), var.shape(), &dev)?);
-                out.insert(format!("{}/{}/v", g.name, name), Tensor::from_vec(mo.v.clone(), var.shape(), &dev)?);
+                out.insert(
+                    format!("{}/{}/m", g.name, name),
+                    Tensor::from_vec(mo.m.clone(), var.shape(), &dev)?,
+                );
+                out.insert(
+                    format!("{}/{}/v", g.name, name),
+                    Tensor::from_vec(mo.v.clone(), var.shape(), &dev)?,
+                );
             }
         }
         Ok(out)
@@ -300,7 +306,11 @@ impl Adam {
                         .ok_or_else(|| NnError::msg(format!("checkpoint lacks optimiser state {key}")))?;
                     let h = to_host(t)?;
                     if h.len() != var.elem_count() {
-                        return Err(NnError::msg(format!("optimiser state {key} has {} values, expected {}", h.len(), var.elem_count())));
+                        return Err(NnError::msg(format!(
+                            "optimiser state {key} has {} values, expected {}",
+                            h.len(),
+                            var.elem_count()
+                        )));
                     }
                     *dst = h;
                 }

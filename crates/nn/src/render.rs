@@ -117,7 +117,8 @@ impl Renderer {
                 if !(sigma_a.is_finite() && sigma_a > 0.0) {
                     return Err(NnError::msg(format!("σ must be positive, got {sigma_a}")));
                 }
-                let k = (DAMP_EPS.recip().ln() / (2.0 * std::f64::consts::PI.powi(2) * sigma_a * sigma_a)).sqrt();
+                let k =
+                    (DAMP_EPS.recip().ln() / (2.0 * std::f64::consts::PI.powi(2) * sigma_a * sigma_a)).sqrt();
                 let idx = (k * d as f64 * apix_a).floor();
                 if idx.is_finite() {
                     (idx as usize).min(h)
@@ -309,7 +310,9 @@ impl Renderer {
         let amp = match amps.rank() {
             1 => amps.unsqueeze(0)?.broadcast_as((b, r))?,
             2 => amps.clone(),
-            _ => return Err(NnError::msg(format!("amplitudes must be [R] or [B, R], got {:?}", amps.dims()))),
+            _ => {
+                return Err(NnError::msg(format!("amplitudes must be [R] or [B, R], got {:?}", amps.dims())))
+            }
         };
         if amp.dims() != [b, r] {
             return Err(NnError::msg(format!("amplitudes {:?} do not match [{b}, {r}]", amps.dims())));
@@ -334,7 +337,12 @@ impl Renderer {
     pub fn synthesize(&self, spec: &Tensor) -> Result<Tensor> {
         let (b, nk, two_nk) = spec.dims3()?;
         if nk != self.nk || two_nk != 2 * self.nk {
-            return Err(NnError::msg(format!("spectrum must be [B, {}, {}], got {:?}", self.nk, 2 * self.nk, spec.dims())));
+            return Err(NnError::msg(format!(
+                "spectrum must be [B, {}, {}], got {:?}",
+                self.nk,
+                2 * self.nk,
+                spec.dims()
+            )));
         }
         let d = self.d;
         let q = spec.reshape((b * nk, 2 * nk))?.matmul(&self.synth_x)?.reshape((b, nk, 2 * d))?;

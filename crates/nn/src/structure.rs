@@ -19,7 +19,7 @@ pub fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
 /// All pairs i < j with `lo ≤ |x_i − x_j| ≤ hi`, sorted, by a cell list of cell size `hi`.
 pub fn pairs_within(coords: &[[f64; 3]], lo: f64, hi: f64) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
-    if coords.is_empty() || !(hi > 0.0) {
+    if coords.is_empty() || hi.is_nan() || hi <= 0.0 {
         return out;
     }
     let cell = |x: [f64; 3]| -> [i64; 3] {

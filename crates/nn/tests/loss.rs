@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cryoforge_nn::loss::{
-    circular_mask, clash_loss, continuity_loss, elastic_loss, edge_keep_mask, gaussian_kl, kl_free_bits, kl_loss,
-    mse_loss, CorrelationLoss, PairList, Schedule,
+    circular_mask, clash_loss, continuity_loss, edge_keep_mask, elastic_loss, gaussian_kl, kl_free_bits,
+    kl_loss, mse_loss, CorrelationLoss, PairList, Schedule,
 };
 use cryoforge_nn::structure::{clash_pairs, consecutive_pairs, elastic_pairs, pairs_within};
 use rand::{Rng, SeedableRng};

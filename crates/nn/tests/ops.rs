@@ -8,7 +8,8 @@ use rand_chacha::ChaCha8Rng;
 fn rand_t(shape: &[usize], seed: u64) -> Tensor {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
-    Tensor::from_vec((0..n).map(|_| r.gen_range(-2.0..2.0)).collect::<Vec<f64>>(), shape, &Device::Cpu).unwrap()
+    Tensor::from_vec((0..n).map(|_| r.gen_range(-2.0..2.0)).collect::<Vec<f64>>(), shape, &Device::Cpu)
+        .unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f64> {
@@ -59,7 +60,11 @@ fn layer_norm_values_and_gradients() {
     eprintln!("layer_norm gradient: max rel err {e:.2e}");
     assert!(e < 1e-7, "{e}");
     // Gradients w.r.t. γ and β too.
-    let eg = grad_check(&|g| layer_norm(&x, Some(&g.broadcast_as(5).unwrap()), Some(&beta), 1e-5).unwrap().sum(0).unwrap(), &gamma, 10);
+    let eg = grad_check(
+        &|g| layer_norm(&x, Some(&g.broadcast_as(5).unwrap()), Some(&beta), 1e-5).unwrap().sum(0).unwrap(),
+        &gamma,
+        10,
+    );
     assert!(eg < 1e-7, "{eg}");
 }
 

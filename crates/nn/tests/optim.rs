@@ -24,9 +24,13 @@ fn first_step_moves_by_lr_and_groups_have_own_rates() {
     .unwrap();
     // loss = 2·a0 − 3·a1 + 7·b: step 1 of Adam moves each coordinate by lr·sign(g).
     let coef = Tensor::new(&[2f32, -3.0], &Device::Cpu).unwrap();
-    let loss = ((a.as_tensor() * &coef).unwrap().sum_all().unwrap() + (b.as_tensor() * 7.0).unwrap().sum_all().unwrap()).unwrap();
+    let loss = ((a.as_tensor() * &coef).unwrap().sum_all().unwrap()
+        + (b.as_tensor() * 7.0).unwrap().sum_all().unwrap())
+    .unwrap();
     let out = opt.backward_step(&loss).unwrap();
-    assert!(matches!(out, StepOutcome::Applied { grad_norm } if (grad_norm - (4.0f64 + 9.0 + 49.0).sqrt()).abs() < 1e-5));
+    assert!(
+        matches!(out, StepOutcome::Applied { grad_norm } if (grad_norm - (4.0f64 + 9.0 + 49.0).sqrt()).abs() < 1e-5)
+    );
     let av = vals(&a);
     assert!((av[0] - 0.9).abs() < 1e-6 && (av[1] + 1.9).abs() < 1e-6, "{av:?}");
     assert!((vals(&b)[0] - 4.99).abs() < 1e-6);
@@ -36,14 +40,22 @@ fn first_step_moves_by_lr_and_groups_have_own_rates() {
 #[test]
 fn adamw_decays_decoupled_and_adam_adds_l2() {
     let p = var(&[2.0]);
-    let mut opt = Adam::new(vec![ParamGroup::new("g", vec![("p".into(), p.clone())], 0.1).with_weight_decay(0.5)], AdamConfig::adamw()).unwrap();
+    let mut opt = Adam::new(
+        vec![ParamGroup::new("g", vec![("p".into(), p.clone())], 0.1).with_weight_decay(0.5)],
+        AdamConfig::adamw(),
+    )
+    .unwrap();
     let loss = (p.as_tensor() * 3.0).unwrap().sum_all().unwrap();
     opt.backward_step(&loss).unwrap();
     // p ← 2·(1 − 0.05) − 0.1 = 1.8
     assert!((vals(&p)[0] - 1.8).abs() < 1e-6);
     // Adam with L2: g = 3 + 0.5·2 = 4 → still one lr step: 2 − 0.1 = 1.9 (sign unchanged).
     let q = var(&[2.0]);
-    let mut opt = Adam::new(vec![ParamGroup::new("g", vec![("q".into(), q.clone())], 0.1).with_weight_decay(0.5)], AdamConfig::adam()).unwrap();
+    let mut opt = Adam::new(
+        vec![ParamGroup::new("g", vec![("q".into(), q.clone())], 0.1).with_weight_decay(0.5)],
+        AdamConfig::adam(),
+    )
+    .unwrap();
     let loss = (q.as_tensor() * 3.0).unwrap().sum_all().unwrap();
     opt.backward_step(&loss).unwrap();
     assert!((vals(&q)[0] - 1.9).abs() < 1e-6);
@@ -67,7 +79,9 @@ fn clipping_scales_the_gradient_into_the_moments() {
 #[test]
 fn non_finite_loss_or_gradient_skips_the_step() {
     let p = var(&[1.0]);
-    let mut opt = Adam::new(vec![ParamGroup::new("g", vec![("p".into(), p.clone())], 0.1)], AdamConfig::adam()).unwrap();
+    let mut opt =
+        Adam::new(vec![ParamGroup::new("g", vec![("p".into(), p.clone())], 0.1)], AdamConfig::adam())
+            .unwrap();
     let nan_loss = (p.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
     assert!(matches!(opt.backward_step(&nan_loss).unwrap(), StepOutcome::Skipped { .. }));
     // Finite loss, infinite gradient: sqrt at 0 of (p − 1).
@@ -83,7 +97,9 @@ fn non_finite_loss_or_gradient_skips_the_step() {
 fn minimises_a_quadratic() {
     let p = Var::zeros(3, DType::F32, &Device::Cpu).unwrap();
     let target = Tensor::new(&[3f32, -1.0, 0.5], &Device::Cpu).unwrap();
-    let mut opt = Adam::new(vec![ParamGroup::new("g", vec![("p".into(), p.clone())], 0.05)], AdamConfig::adam()).unwrap();
+    let mut opt =
+        Adam::new(vec![ParamGroup::new("g", vec![("p".into(), p.clone())], 0.05)], AdamConfig::adam())
+            .unwrap();
     for _ in 0..2000 {
         let loss = (p.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
         opt.backward_step(&loss).unwrap();

@@ -31,14 +31,7 @@ struct Inputs {
     shifts: Tensor,
 }
 
-fn inputs(
-    c: &[[f64; 3]],
-    a: &[f64],
-    sigma: f64,
-    rots: &[Rot3],
-    shifts: &[[f64; 2]],
-    dtype: DType,
-) -> Inputs {
+fn inputs(c: &[[f64; 3]], a: &[f64], sigma: f64, rots: &[Rot3], shifts: &[[f64; 2]], dtype: DType) -> Inputs {
     let dev = Device::Cpu;
     let b = rots.len();
     let r = c.len();
@@ -77,7 +70,12 @@ fn fourier_renderer_matches_gaussian_imager_with_ctf_and_shift() {
                 amp_contrast: 0.07,
                 ..Default::default()
             },
-            CtfParams { defocus_u_a: 9000.0, defocus_v_a: 11000.0, defocus_angle_deg: -40.0, ..Default::default() },
+            CtfParams {
+                defocus_u_a: 9000.0,
+                defocus_v_a: 11000.0,
+                defocus_angle_deg: -40.0,
+                ..Default::default()
+            },
             CtfParams { defocus_u_a: 25000.0, defocus_v_a: 25000.0, bfactor_a2: 50.0, ..Default::default() },
         ];
         let ren = Renderer::new(d, apix, Band::Envelope { sigma_a: 2.0 }, &Device::Cpu).unwrap();
@@ -93,7 +91,10 @@ fn fourier_renderer_matches_gaussian_imager_with_ctf_and_shift() {
             let mut want = vec![0f32; d * d];
             imager.image(&gm, &rots[b], shifts[b], Some(&grid), &mut work, &mut want).unwrap();
             let peak = max_abs(&want);
-            let err = got[b * d * d..(b + 1) * d * d].iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            let err = got[b * d * d..(b + 1) * d * d]
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
             worst = worst.max(err / peak);
         }
         eprintln!("renderer vs GaussianImager (D={d}, apix={apix}): max |Δ|/peak = {worst:.2e}");
@@ -111,7 +112,14 @@ fn fourier_and_real_space_paths_agree() {
     let ren = Renderer::new(d, apix, Band::Envelope { sigma_a: 2.0 }, &Device::Cpu).unwrap();
     let inp = inputs(&c, &a, 2.0, &rots, &shifts, DType::F32);
     let f = ren
-        .render(&inp.coords, &inp.amps, &inp.sigma, &inp.rots, &inp.shifts, &ren.identity_transfer(2).unwrap())
+        .render(
+            &inp.coords,
+            &inp.amps,
+            &inp.sigma,
+            &inp.rots,
+            &inp.shifts,
+            &ren.identity_transfer(2).unwrap(),
+        )
         .unwrap();
     let r = ren.render_real_space(&inp.coords, &inp.amps, &inp.sigma, &inp.rots, &inp.shifts).unwrap();
     let fv: Vec<f32> = f.flatten_all().unwrap().to_vec1().unwrap();
@@ -161,7 +169,12 @@ impl Problem {
             rots: (0..2).map(|_| random_rot(&mut rng)).collect(),
             shifts: vec![[0.7, -1.2], [-0.4, 2.1]],
             ctfs: vec![
-                CtfParams { defocus_u_a: 12000.0, defocus_v_a: 13000.0, defocus_angle_deg: 20.0, ..Default::default() },
+                CtfParams {
+                    defocus_u_a: 12000.0,
+                    defocus_v_a: 13000.0,
+                    defocus_angle_deg: 20.0,
+                    ..Default::default()
+                },
                 CtfParams { defocus_u_a: 20000.0, defocus_v_a: 18000.0, ..Default::default() },
             ],
             d: 32,
@@ -181,7 +194,9 @@ impl Problem {
             Var::from_tensor(&inp.shifts).unwrap(),
         );
         let tr = ren.ctf_transfer(&self.ctfs).unwrap();
-        let img = ren.render(vc.as_tensor(), va.as_tensor(), vs.as_tensor(), &inp.rots, vt.as_tensor(), &tr).unwrap();
+        let img = ren
+            .render(vc.as_tensor(), va.as_tensor(), vs.as_tensor(), &inp.rots, vt.as_tensor(), &tr)
+            .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(99);
         let w: Vec<f64> = (0..img.elem_count()).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let w = Tensor::from_vec(w, img.dims(), &dev).unwrap().to_dtype(dtype).unwrap();
@@ -193,7 +208,14 @@ impl Problem {
         }
         let g = loss.backward().unwrap();
         let get = |v: &Var| -> Vec<f64> {
-            g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+            g.get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
         };
         (lv, vec![get(&vc), get(&va), get(&vs), get(&vt)])
     }
@@ -335,9 +357,14 @@ fn bench_render_forward_backward() {
     let (d, apix, b) = (128usize, 1.0, 16usize);
     let (c, a) = random_model(214, 25.0, 2);
     let rots: Vec<Rot3> = (0..b).map(|_| random_rot(&mut rng)).collect();
-    let shifts: Vec<[f64; 2]> = (0..b).map(|_| [rng.gen_range(-3.0..3.0), rng.gen_range(-3.0..3.0)]).collect();
+    let shifts: Vec<[f64; 2]> =
+        (0..b).map(|_| [rng.gen_range(-3.0..3.0), rng.gen_range(-3.0..3.0)]).collect();
     let ctfs: Vec<CtfParams> = (0..b).map(|_| CtfParams::default()).collect();
-    for band in [Band::Envelope { sigma_a: 2.0 }, Band::Resolution { resolution_a: 4.0 }, Band::Resolution { resolution_a: 10.0 }] {
+    for band in [
+        Band::Envelope { sigma_a: 2.0 },
+        Band::Resolution { resolution_a: 4.0 },
+        Band::Resolution { resolution_a: 10.0 },
+    ] {
         let ren = Renderer::new(d, apix, band, &Device::Cpu).unwrap();
         let inp = inputs(&c, &a, 2.0, &rots, &shifts, DType::F32);
         let vc = Var::from_tensor(&inp.coords).unwrap();
