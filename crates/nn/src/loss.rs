@@ -57,6 +57,7 @@ pub fn circular_mask(d: usize, ratio: f64) -> Vec<f32> {
 #[derive(Debug, Clone)]
 pub struct CorrelationLoss {
     mask: Tensor,
+    mask_host: std::sync::Arc<Vec<f32>>,
     n_in: f64,
     eps: f64,
 }
@@ -69,7 +70,12 @@ impl CorrelationLoss {
         if n_in == 0.0 {
             return Err(NnError::msg(format!("mask of radius {ratio}·D/2 holds no pixel")));
         }
-        Ok(CorrelationLoss { mask: Tensor::from_vec(m, (d, d), device)?, n_in, eps })
+        Ok(CorrelationLoss {
+            mask: Tensor::from_vec(m.clone(), (d, d), device)?,
+            mask_host: std::sync::Arc::new(m),
+            n_in,
+            eps,
+        })
     }
 
     /// cryoSTAR's settings: radius 0.9375·D/2, ε = 1e-8.
@@ -95,8 +101,10 @@ impl CorrelationLoss {
     }
 
     /// Per-image correlation terms `Σ m·pred·gt / ((std+ε)(std+ε)) / N_in` → [B].
+    /// On the CPU in f32 a fused custom op ([`CorrelationOp`], one pass forward and one
+    /// backward; no gradient w.r.t. the data); otherwise composed candle ops.
     pub fn per_image(&self, pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
-        let (b, _, _) = pred.dims3()?;
+        pred.dims3()?;
         if gt.dims() != pred.dims() {
             return Err(NnError::msg(format!(
                 "prediction {:?} and data {:?} differ in shape",
@@ -104,6 +112,16 @@ impl CorrelationLoss {
                 gt.dims()
             )));
         }
+        if pred.device().is_cpu() && pred.dtype() == DType::F32 && gt.dtype() == DType::F32 {
+            let op = CorrelationOp { mask: self.mask_host.clone(), n_in: self.n_in, eps: self.eps };
+            return Ok(pred.contiguous()?.apply_op2(&gt.contiguous()?.detach(), op)?);
+        }
+        self.per_image_composed(pred, gt)
+    }
+
+    /// [`Self::per_image`] by composed candle ops (any device and dtype; differentiable in both).
+    pub fn per_image_composed(&self, pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
+        let (b, _, _) = pred.dims3()?;
         let mask = self.mask.to_dtype(pred.dtype())?;
         let pm = pred.broadcast_mul(&mask)?.reshape((b, ()))?;
         let gm = gt.broadcast_mul(&mask)?.reshape((b, ()))?;
@@ -115,6 +133,118 @@ impl CorrelationLoss {
     /// The loss (a scalar): minus the batch mean of [`Self::per_image`].
     pub fn loss(&self, pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
         Ok(self.per_image(pred, gt)?.mean_all()?.neg()?)
+    }
+}
+
+/// Fused correlation terms: (pred [B, D, D], gt [B, D, D]) → [B], f32 on the CPU,
+/// sums in f64. With S = Σ m·p·g, μ_p = Σ m·p/N, σ_p = sqrt(max(Σ m·p²/N − μ_p², 0) + δ):
+/// `c = S/((σ_g + ε)(σ_p + ε))/N` and
+/// `∂c/∂p_i = m_i·[g_i − S·(p_i − μ_p)/(N·σ_p·(σ_p + ε))·[var_p > 0]] / ((σ_g + ε)(σ_p + ε)·N)`.
+pub struct CorrelationOp {
+    mask: std::sync::Arc<Vec<f32>>,
+    n_in: f64,
+    eps: f64,
+}
+
+const STD_DELTA: f64 = 1e-20;
+
+struct CorrStats {
+    s: f64,
+    mean_p: f64,
+    var_p: f64,
+    sd_p: f64,
+    sd_g: f64,
+}
+
+impl CorrelationOp {
+    fn stats(&self, p: &[f32], g: &[f32]) -> CorrStats {
+        let (mut s, mut sp, mut sp2, mut sg, mut sg2) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for ((&pi, &gi), &mi) in p.iter().zip(g).zip(self.mask.iter()) {
+            if mi != 0.0 {
+                let (pi, gi, mi) = (pi as f64, gi as f64, mi as f64);
+                s += mi * pi * gi;
+                sp += mi * pi;
+                sp2 += mi * pi * pi;
+                sg += mi * gi;
+                sg2 += mi * gi * gi;
+            }
+        }
+        let n = self.n_in;
+        let (mean_p, mean_g) = (sp / n, sg / n);
+        let var_p = sp2 / n - mean_p * mean_p;
+        let var_g = sg2 / n - mean_g * mean_g;
+        CorrStats {
+            s,
+            mean_p,
+            var_p,
+            sd_p: (var_p.max(0.0) + STD_DELTA).sqrt(),
+            sd_g: (var_g.max(0.0) + STD_DELTA).sqrt(),
+        }
+    }
+}
+
+impl candle_core::CustomOp2 for CorrelationOp {
+    fn name(&self) -> &'static str {
+        "cryoforge-correlation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let get = |s: &'_ CpuStorage, l: &candle_core::Layout| -> candle_core::Result<Vec<f32>> {
+            let v = match s {
+                CpuStorage::F32(v) => v,
+                _ => candle_core::bail!("correlation: f32 expected"),
+            };
+            let (a, b) = l
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("correlation: contiguous input expected".into()))?;
+            Ok(v[a..b].to_vec())
+        };
+        let (p, g) = (get(s1, l1)?, get(s2, l2)?);
+        let (b, _, _) = l1.shape().dims3()?;
+        let n = self.mask.len();
+        let out: Vec<f32> = (0..b)
+            .map(|i| {
+                let st = self.stats(&p[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
+                (st.s / ((st.sd_g + self.eps) * (st.sd_p + self.eps)) / self.n_in) as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), candle_core::Shape::from(b)))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, d1, d2) = arg1.dims3()?;
+        let p = arg1.flatten_all()?.to_vec1::<f32>()?;
+        let g = arg2.flatten_all()?.to_vec1::<f32>()?;
+        let go = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        let n = self.mask.len();
+        let mut gp = vec![0f32; b * n];
+        for i in 0..b {
+            let (pi, gi) = (&p[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
+            let st = self.stats(pi, gi);
+            let den = (st.sd_g + self.eps) * (st.sd_p + self.eps);
+            let scale = go[i] as f64 / (den * self.n_in);
+            let k = if st.var_p > 0.0 { st.s / (self.n_in * st.sd_p * (st.sd_p + self.eps)) } else { 0.0 };
+            for (j, o) in gp[i * n..(i + 1) * n].iter_mut().enumerate() {
+                let m = self.mask[j] as f64;
+                if m != 0.0 {
+                    *o = (scale * m * (gi[j] as f64 - k * (pi[j] as f64 - st.mean_p))) as f32;
+                }
+            }
+        }
+        Ok((Some(Tensor::from_vec(gp, (b, d1, d2), arg1.device())?), None))
     }
 }
 

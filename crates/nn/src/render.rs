@@ -298,6 +298,64 @@ impl Renderer {
         rots: &Tensor,
         shifts_px: &Tensor,
     ) -> Result<Tensor> {
+        if self.device.is_cpu() && self.dtype == DType::F32 && coords.dtype() == DType::F32 {
+            self.spectrum_fused(coords, amps, sigma, rots, shifts_px)
+        } else {
+            self.spectrum_composed(coords, amps, sigma, rots, shifts_px)
+        }
+    }
+
+    fn amps_br(&self, amps: &Tensor, b: usize, r: usize) -> Result<Tensor> {
+        let amp = match amps.rank() {
+            1 => amps.unsqueeze(0)?.broadcast_as((b, r))?,
+            2 => amps.clone(),
+            _ => {
+                return Err(NnError::msg(format!("amplitudes must be [R] or [B, R], got {:?}", amps.dims())))
+            }
+        };
+        if amp.dims() != [b, r] {
+            return Err(NnError::msg(format!("amplitudes {:?} do not match [{b}, {r}]", amps.dims())));
+        }
+        Ok(amp)
+    }
+
+    /// CPU/f32 path: the phasor blocks of both matmul operands come from fused custom ops
+    /// ([`PhasorBlockX`], [`PhasorBlockY`]); the Gaussian envelope and N are applied after
+    /// the matmul as the K×K outer product N·g(k_y)·g(k_x).
+    pub fn spectrum_fused(
+        &self,
+        coords: &Tensor,
+        amps: &Tensor,
+        sigma: &Tensor,
+        rots: &Tensor,
+        shifts_px: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, r, _) = coords.dims3()?;
+        let nk = self.nk;
+        let (u, v) = self.centres(coords, rots, shifts_px)?;
+        let amp = self.amps_br(amps, b, r)?.contiguous()?;
+        let rhs = u.contiguous()?.apply_op1(PhasorBlockX { k_a: self.k_a.clone() })?; // [B, 2R, 2K]
+        let lhs = v.contiguous()?.apply_op2(&amp, PhasorBlockY { k_a: self.k_a.clone() })?; // [B, K, 2R]
+        let p = lhs.matmul(&rhs)?; // [B, K, 2K]
+        let sig2 = sigma.flatten_all()?.reshape(())?.sqr()?;
+        let g = (&self.k2 * (-2.0 * std::f64::consts::PI.powi(2)))?.broadcast_mul(&sig2)?.exp()?; // [K]
+        let norm = (&sig2 * (2.0 * std::f64::consts::PI / (self.apix * self.apix)))?;
+        let e = g.unsqueeze(1)?.broadcast_mul(&g.unsqueeze(0)?)?.broadcast_mul(&norm)?; // [K, K]
+        let e2 = Tensor::cat(&[&e, &e], 1)?; // [K, 2K]
+        debug_assert_eq!(e2.dims(), [nk, 2 * nk]);
+        Ok(p.broadcast_mul(&e2)?)
+    }
+
+    /// Generic path (any device, f32 or f64): candle ops only (phasors by [`PhasorOp`] on
+    /// the CPU in f32, by `cos`/`sin` elsewhere).
+    pub fn spectrum_composed(
+        &self,
+        coords: &Tensor,
+        amps: &Tensor,
+        sigma: &Tensor,
+        rots: &Tensor,
+        shifts_px: &Tensor,
+    ) -> Result<Tensor> {
         let (b, r, _) = coords.dims3()?;
         let nk = self.nk;
         let (u, v) = self.centres(coords, rots, shifts_px)?;
@@ -442,5 +500,176 @@ impl CustomOp1 for PhasorOp {
         // ∂C/∂u = 2πk·S, ∂S/∂u = −2πk·C.
         let g = ((gc * &s)? - (gs * &c)?)?.broadcast_mul(&self.twopi_k.unsqueeze(0)?)?.sum(1)?;
         Ok(Some(g))
+    }
+}
+
+/// Phasors of frequencies `k_a` (uniform steps) at `u`, in f64 by recurrence:
+/// `c[j] + i·s[j] = exp(−2πi k_j u)`.
+fn phasor_row(k_a: &[f64], u: f64, c: &mut [f64], s: &mut [f64]) {
+    let nk = k_a.len();
+    if nk == 0 {
+        return;
+    }
+    let dk = if nk > 1 { k_a[1] - k_a[0] } else { 0.0 };
+    let step_ph = -2.0 * std::f64::consts::PI * dk * u;
+    let step = (step_ph.cos(), step_ph.sin());
+    let start_ph = -2.0 * std::f64::consts::PI * k_a[0] * u;
+    let mut p = (start_ph.cos(), start_ph.sin());
+    for j in 0..nk {
+        c[j] = p.0;
+        s[j] = p.1;
+        p = (p.0 * step.0 - p.1 * step.1, p.0 * step.1 + p.1 * step.0);
+    }
+}
+
+fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let v = match s {
+        CpuStorage::F32(v) => v,
+        _ => candle_core::bail!("{what}: f32 input expected"),
+    };
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: contiguous input expected")))?;
+    Ok(&v[a..b])
+}
+
+/// Custom op: u [B, R] → the right matmul operand [B, 2R, 2K] =
+/// `[[C, S], [−S, C]]` with `C + iS = exp(−2πi k u)` (k the band frequencies, Å⁻¹).
+pub struct PhasorBlockX {
+    k_a: Vec<f64>,
+}
+
+impl CustomOp1 for PhasorBlockX {
+    fn name(&self) -> &'static str {
+        "cryoforge-phasor-block-x"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let u = f32_slice(storage, layout, "phasor block x")?;
+        let (b, r) = layout.shape().dims2()?;
+        let nk = self.k_a.len();
+        let w = 2 * nk;
+        let mut out = vec![0f32; b * 2 * r * w];
+        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
+        for bb in 0..b {
+            for rr in 0..r {
+                phasor_row(&self.k_a, u[bb * r + rr] as f64, &mut c, &mut s);
+                let top = (bb * 2 * r + rr) * w;
+                let bot = (bb * 2 * r + r + rr) * w;
+                for j in 0..nk {
+                    let (cj, sj) = (c[j] as f32, s[j] as f32);
+                    out[top + j] = cj;
+                    out[top + nk + j] = sj;
+                    out[bot + j] = -sj;
+                    out[bot + nk + j] = cj;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, 2 * r, w))))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (b, r) = arg.dims2()?;
+        let nk = self.k_a.len();
+        let w = 2 * nk;
+        let g = host_f32(grad_res)?;
+        let o = host_f32(res)?;
+        let mut gu = vec![0f32; b * r];
+        for bb in 0..b {
+            for rr in 0..r {
+                let top = (bb * 2 * r + rr) * w;
+                let bot = (bb * 2 * r + r + rr) * w;
+                let mut acc = 0f64;
+                for j in 0..nk {
+                    let (cj, sj) = (o[top + j] as f64, o[top + nk + j] as f64);
+                    let gc = g[top + j] as f64 + g[bot + nk + j] as f64;
+                    let gs = g[top + nk + j] as f64 - g[bot + j] as f64;
+                    // ∂C/∂u = 2πk·S, ∂S/∂u = −2πk·C
+                    acc += 2.0 * std::f64::consts::PI * self.k_a[j] * (gc * sj - gs * cj);
+                }
+                gu[bb * r + rr] = acc as f32;
+            }
+        }
+        Ok(Some(Tensor::from_vec(gu, (b, r), arg.device())?))
+    }
+}
+
+/// Custom op: (v [B, R], a [B, R]) → the left matmul operand [B, K, 2R] with
+/// `out[b, j, r] = a·C_r(k_j)`, `out[b, j, R + r] = a·S_r(k_j)`, `C + iS = exp(−2πi k v)`.
+pub struct PhasorBlockY {
+    k_a: Vec<f64>,
+}
+
+impl candle_core::CustomOp2 for PhasorBlockY {
+    fn name(&self) -> &'static str {
+        "cryoforge-phasor-block-y"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let v = f32_slice(s1, l1, "phasor block y")?;
+        let a = f32_slice(s2, l2, "phasor block y amplitudes")?;
+        let (b, r) = l1.shape().dims2()?;
+        if l2.shape().dims() != [b, r] {
+            candle_core::bail!("phasor block y: amplitudes {:?} vs centres {:?}", l2.shape(), l1.shape());
+        }
+        let nk = self.k_a.len();
+        let mut out = vec![0f32; b * nk * 2 * r];
+        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
+        for bb in 0..b {
+            for rr in 0..r {
+                let amp = a[bb * r + rr] as f64;
+                phasor_row(&self.k_a, v[bb * r + rr] as f64, &mut c, &mut s);
+                for j in 0..nk {
+                    let row = (bb * nk + j) * 2 * r;
+                    out[row + rr] = (amp * c[j]) as f32;
+                    out[row + r + rr] = (amp * s[j]) as f32;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, nk, 2 * r))))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, r) = arg1.dims2()?;
+        let nk = self.k_a.len();
+        let g = host_f32(grad_res)?;
+        let v = host_f32(arg1)?;
+        let a = host_f32(arg2)?;
+        let (mut gv, mut ga) = (vec![0f32; b * r], vec![0f32; b * r]);
+        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
+        for bb in 0..b {
+            for rr in 0..r {
+                phasor_row(&self.k_a, v[bb * r + rr] as f64, &mut c, &mut s);
+                let (mut acc_a, mut acc_v) = (0f64, 0f64);
+                for j in 0..nk {
+                    let row = (bb * nk + j) * 2 * r;
+                    let (gc, gs) = (g[row + rr] as f64, g[row + r + rr] as f64);
+                    acc_a += gc * c[j] + gs * s[j];
+                    acc_v += 2.0 * std::f64::consts::PI * self.k_a[j] * (gc * s[j] - gs * c[j]);
+                }
+                ga[bb * r + rr] = acc_a as f32;
+                gv[bb * r + rr] = (acc_v * a[bb * r + rr] as f64) as f32;
+            }
+        }
+        Ok((
+            Some(Tensor::from_vec(gv, (b, r), arg1.device())?),
+            Some(Tensor::from_vec(ga, (b, r), arg2.device())?),
+        ))
     }
 }

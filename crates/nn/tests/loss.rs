@@ -208,3 +208,40 @@ fn adaptive_relaxation_keeps_low_variance_edges() {
     let k: Vec<f32> = edge_keep_mask(&d, 0.75).unwrap().to_vec1().unwrap();
     assert_eq!(k, vec![1.0, 1.0, 0.0, 1.0]);
 }
+
+#[test]
+fn fused_correlation_matches_composed_value_and_gradient() {
+    let dev = Device::Cpu;
+    let d = 16;
+    let cl = CorrelationLoss::cryostar(d, &dev).unwrap();
+    let p = Tensor::randn(0.3f32, 1.0, (3, d, d), &dev).unwrap();
+    let g = Tensor::randn(0.1f32, 2.0, (3, d, d), &dev).unwrap();
+    let vf = Var::from_tensor(&p).unwrap();
+    let lf = cl.loss(vf.as_tensor(), &g).unwrap();
+    let gf: Vec<f64> = lf
+        .backward()
+        .unwrap()
+        .get(vf.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let vc = Var::from_tensor(&p.to_dtype(DType::F64).unwrap()).unwrap();
+    let lc = cl
+        .per_image_composed(vc.as_tensor(), &g.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .neg()
+        .unwrap();
+    let gc: Vec<f64> =
+        lc.backward().unwrap().get(vc.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!((scalar(&lf) - scalar(&lc)).abs() < 1e-6 * scalar(&lc).abs().max(1e-3));
+    let scale = gc.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let e = gf.iter().zip(&gc).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+    eprintln!("fused correlation gradient vs composed f64: {e:.2e}");
+    assert!(e < 1e-5, "{e}");
+}

@@ -339,11 +339,11 @@ fn renderer_gradients_match_finite_differences() {
         eprintln!("gradient check (f64, candle cos/sin path) {n}: max rel err {e:.2e}");
         assert!(e < 1e-6, "{n}: {e}");
     }
-    // The f32 path (custom phasor op with its analytic backward) against the f64 gradients.
+    // The f32 CPU path (fused phasor-block and correlation ops with analytic backward passes) against the f64 gradients.
     let (_, g32) = p.eval(DType::F32, true);
     for (i, n) in names.iter().enumerate() {
         let e = rel_err(&g32[i], &g64[i]);
-        eprintln!("gradient check (f32, PhasorOp) {n}: max rel err vs f64 {e:.2e}");
+        eprintln!("gradient check (f32, fused CPU ops) {n}: max rel err vs f64 {e:.2e}");
         assert!(e < 2e-3, "{n}: {e}");
     }
 }
@@ -388,5 +388,131 @@ fn bench_render_forward_backward() {
             ren.band_len(),
             (n * b) as f64 / s
         );
+    }
+}
+
+/// Where the time goes (run with --ignored --nocapture).
+#[test]
+#[ignore]
+fn profile_render_stages() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (d, apix, b) = (128usize, 1.0, 16usize);
+    let (c, a) = random_model(214, 25.0, 2);
+    let rots: Vec<Rot3> = (0..b).map(|_| random_rot(&mut rng)).collect();
+    let shifts: Vec<[f64; 2]> = (0..b).map(|_| [0.5, -0.5]).collect();
+    let ctfs: Vec<CtfParams> = (0..b).map(|_| CtfParams::default()).collect();
+    let ren = Renderer::new(d, apix, Band::Resolution { resolution_a: 10.0 }, &Device::Cpu).unwrap();
+    let inp = inputs(&c, &a, 2.0, &rots, &shifts, DType::F32);
+    let vc = Var::from_tensor(&inp.coords).unwrap();
+    let tr = ren.ctf_transfer(&ctfs).unwrap();
+    let cl = CorrelationLoss::cryostar(d, &Device::Cpu).unwrap();
+    let gt = Tensor::randn(0f32, 1.0, (b, d, d), &Device::Cpu).unwrap();
+    let time = |name: &str, f: &dyn Fn()| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        eprintln!("{name}: {:.2} ms per image", t0.elapsed().as_secs_f64() * 1e3 / (5 * b) as f64);
+    };
+    time("spectrum fwd", &|| {
+        ren.spectrum(vc.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts).unwrap();
+    });
+    time("spectrum fwd+bwd", &|| {
+        let s = ren.spectrum(vc.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts).unwrap();
+        s.sum_all().unwrap().backward().unwrap();
+    });
+    time("render fwd", &|| {
+        ren.render(vc.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts, &tr).unwrap();
+    });
+    time("render+loss fwd", &|| {
+        let i = ren.render(vc.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts, &tr).unwrap();
+        cl.loss(&i, &gt).unwrap();
+    });
+    time("render+loss fwd+bwd", &|| {
+        let i = ren.render(vc.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts, &tr).unwrap();
+        cl.loss(&i, &gt).unwrap().backward().unwrap();
+    });
+    let img = Var::from_tensor(&gt).unwrap();
+    time("loss alone fwd+bwd", &|| {
+        cl.loss(img.as_tensor(), &gt).unwrap().backward().unwrap();
+    });
+}
+
+#[test]
+#[ignore]
+fn profile_matmul_shapes() {
+    let dev = Device::Cpu;
+    let time = |name: &str, f: &dyn Fn()| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        eprintln!("{name}: {:.3} ms per image", t0.elapsed().as_secs_f64() * 1e3 / (5 * 16) as f64);
+    };
+    let a = Tensor::randn(0f32, 1.0, (16, 25, 428), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (16, 428, 50), &dev).unwrap();
+    time("matmul 25x428x50", &|| {
+        a.matmul(&b).unwrap();
+    });
+    let x = Tensor::randn(0f32, 1.0, (16, 214, 50), &dev).unwrap();
+    let e = Tensor::randn(0f32, 1.0, 50, &dev).unwrap();
+    time("broadcast_mul [B,R,2K]x[2K]", &|| {
+        x.broadcast_mul(&e).unwrap();
+    });
+    time("cat+transpose+contiguous", &|| {
+        Tensor::cat(&[&x, &x], 1).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    });
+    let u = Tensor::randn(0f32, 1.0, (16, 214), &dev).unwrap();
+    let ren = Renderer::new(128, 1.0, Band::Resolution { resolution_a: 10.0 }, &dev).unwrap();
+    let z = Tensor::zeros((16, 214, 3), DType::F32, &dev).unwrap();
+    let r = Tensor::zeros((16, 3, 3), DType::F32, &dev).unwrap();
+    let s = Tensor::zeros((16, 2), DType::F32, &dev).unwrap();
+    let am = Tensor::ones(214, DType::F32, &dev).unwrap();
+    let sg = Tensor::new(&[2f32], &dev).unwrap();
+    time("spectrum", &|| {
+        ren.spectrum(&z, &am, &sg, &r, &s).unwrap();
+    });
+    let _ = u;
+}
+
+#[test]
+fn fused_and_composed_spectra_agree_in_value_and_gradient() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (c, a) = random_model(12, 10.0, 9);
+    let rots: Vec<Rot3> = (0..3).map(|_| random_rot(&mut rng)).collect();
+    let shifts = vec![[0.3, 0.2], [-1.0, 2.0], [0.0, -0.7]];
+    let ren = Renderer::new(32, 1.3, Band::Radius(10), &Device::Cpu).unwrap();
+    let inp = inputs(&c, &a, 1.8, &rots, &shifts, DType::F32);
+    let w = Tensor::randn(0f32, 1.0, (3, ren.band_len(), 2 * ren.band_len()), &Device::Cpu).unwrap();
+    let run = |fused: bool| {
+        let (vc, va, vs) = (
+            Var::from_tensor(&inp.coords).unwrap(),
+            Var::from_tensor(&inp.amps).unwrap(),
+            Var::from_tensor(&inp.sigma).unwrap(),
+        );
+        let s = if fused {
+            ren.spectrum_fused(vc.as_tensor(), va.as_tensor(), vs.as_tensor(), &inp.rots, &inp.shifts)
+        } else {
+            ren.spectrum_composed(vc.as_tensor(), va.as_tensor(), vs.as_tensor(), &inp.rots, &inp.shifts)
+        }
+        .unwrap();
+        let g = (&s * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let f = |t: &Tensor| -> Vec<f64> {
+            t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+        };
+        vec![
+            f(&s),
+            f(g.get(vc.as_tensor()).unwrap()),
+            f(g.get(va.as_tensor()).unwrap()),
+            f(g.get(vs.as_tensor()).unwrap()),
+        ]
+    };
+    let (x, y) = (run(true), run(false));
+    for (i, n) in ["spectrum", "d/coords", "d/amps", "d/sigma"].iter().enumerate() {
+        let e = rel_err(&x[i], &y[i]);
+        eprintln!("fused vs composed {n}: {e:.2e}");
+        assert!(e < 1e-5, "{n}: {e}");
     }
 }
