@@ -227,6 +227,42 @@ impl Renderer {
         &self.disk
     }
 
+    /// Low-pass D×D images (row-major, any count) to exactly this renderer's band — the
+    /// frequencies (k_y, k_x) of the K×K band inside the disk — by a centred FFT outside any
+    /// autodiff graph (cryoSTAR low-passes the data to the same bandwidth as the
+    /// prediction). Run once per data batch.
+    pub fn lowpass_images(&self, images: &[f32]) -> Result<Vec<f32>> {
+        let d = self.d;
+        if images.len() % (d * d) != 0 {
+            return Err(NnError::msg(format!(
+                "{} values are not a whole number of {d}×{d} images",
+                images.len()
+            )));
+        }
+        let h = (d / 2) as i64;
+        let (lo, hi) = (self.k0, self.k0 + self.nk as i64 - 1);
+        let km2 = (self.kmax * self.kmax) as i64;
+        let keep = |k: i64| k >= lo && k <= hi;
+        let fft = cryoforge_core::fft::Fft2::new(d);
+        let mut work = fft.work();
+        let mut spec = vec![cryoforge_core::fft::C32::default(); d * d];
+        let mut out = vec![0f32; images.len()];
+        for (img, o) in images.chunks_exact(d * d).zip(out.chunks_exact_mut(d * d)) {
+            fft.forward_real(&mut work, img, &mut spec);
+            for (i, row) in spec.chunks_exact_mut(d).enumerate() {
+                let ky = i as i64 - h;
+                for (j, v) in row.iter_mut().enumerate() {
+                    let kx = j as i64 - h;
+                    if !(keep(ky) && keep(kx) && ky * ky + kx * kx <= km2) {
+                        *v = cryoforge_core::fft::C32::default();
+                    }
+                }
+            }
+            fft.inverse_real(&mut work, &spec, o);
+        }
+        Ok(out)
+    }
+
     /// Transfer tensor [B, K, K] = −CTF·disk for each particle (cryoforge's forward model
     /// image = F⁻¹[−CTF·F], CONVENTIONS.md rule 6). Computed on the host, no gradient.
     pub fn ctf_transfer(&self, ctfs: &[CtfParams]) -> Result<Tensor> {

@@ -516,3 +516,34 @@ fn fused_and_composed_spectra_agree_in_value_and_gradient() {
         assert!(e < 1e-5, "{n}: {e}");
     }
 }
+
+#[test]
+fn lowpass_of_full_band_image_equals_low_band_render() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let (d, apix) = (48usize, 1.2);
+    let (c, a) = random_model(25, 14.0, 32);
+    let rots: Vec<Rot3> = (0..2).map(|_| random_rot(&mut rng)).collect();
+    let shifts = vec![[1.0, -0.5], [0.25, 2.0]];
+    let ctfs = vec![
+        CtfParams::default(),
+        CtfParams { defocus_u_a: 9000.0, defocus_v_a: 8000.0, ..Default::default() },
+    ];
+    let inp = inputs(&c, &a, 2.0, &rots, &shifts, DType::F32);
+    let full = Renderer::new(d, apix, Band::Envelope { sigma_a: 2.0 }, &Device::Cpu).unwrap();
+    let low = Renderer::new(d, apix, Band::Resolution { resolution_a: 6.0 }, &Device::Cpu).unwrap();
+    assert_eq!(low.kmax(), 9);
+    let render = |r: &Renderer| -> Vec<f32> {
+        r.render(&inp.coords, &inp.amps, &inp.sigma, &inp.rots, &inp.shifts, &r.ctf_transfer(&ctfs).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (f, l) = (render(&full), render(&low));
+    let lp = low.lowpass_images(&f).unwrap();
+    let peak = max_abs(&l);
+    let e = lp.iter().zip(&l).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / peak;
+    eprintln!("low-passed full-band render vs low-band render: {e:.2e}");
+    assert!(e < 1e-5, "{e}");
+}
