@@ -38,10 +38,25 @@
 //!
 //! so no FFT is inside the autodiff graph: everything is matmuls and element-wise ops,
 //! and candle differentiates it w.r.t. coordinates, amplitudes, σ, rotations and shifts.
-//! The phasors exp(−2πi k u) are a custom op ([`PhasorOp`]) evaluated in f64 by the
-//! rotation recurrence (one sin/cos per residue, not per frequency), with the analytic
-//! backward pass `∂cos(−2πku)/∂u = 2πk·sin(−2πku)`, `∂sin(−2πku)/∂u = −2πk·cos(−2πku)`.
-//! On non-CPU devices the phasors fall back to candle's `cos`/`sin`.
+//!
+//! Two implementations of the spectrum, tested against each other and against finite
+//! differences (`tests/render.rs`):
+//! - CPU, f32 ([`Renderer::spectrum_fused`], the default there): custom ops build the two
+//!   matmul operands directly — [`PhasorBlockX`]: u → [[C, S], [−S, C]] and
+//!   [`PhasorBlockY`]: (v, a) → [a·Cᵀ | a·Sᵀ] with C + iS = exp(−2πi k u) evaluated in f64
+//!   by the rotation recurrence (one sin/cos per residue, not per frequency) — and the
+//!   envelope enters after the matmul as the K×K outer product N·g(k_y)·g(k_x). Their
+//!   backward passes are analytic: with Ḡ_C, Ḡ_S the gradients reaching C and S,
+//!   `∂L/∂u = Σ_k 2πk·(Ḡ_C·S − Ḡ_S·C)` and, for the amplitude-weighted y operand,
+//!   `∂L/∂a = Σ_k (Ḡ_C·C + Ḡ_S·S)`, `∂L/∂v = a·Σ_k 2πk·(Ḡ_C·S − Ḡ_S·C)`.
+//! - any device or dtype ([`Renderer::spectrum_composed`]): candle ops only (phasors by
+//!   [`PhasorOp`] on the CPU in f32, by `cos`/`sin` elsewhere, e.g. with `--features cuda`).
+//!
+//! Data images are low-passed to exactly the same band once, outside the graph, by
+//! [`Renderer::lowpass_images`] (cryoSTAR low-passes prediction and data alike).
+//! Measured on one core (`bench_render_forward_backward`, 214 residues, D = 128,
+//! 1 Å/px, batch 16, forward + correlation loss + backward): ≈110 images/s for the full
+//! envelope band (K = 115), ≈325 at 4 Å (K = 65), ≈900 at 10 Å (K = 25).
 //!
 //! [`Renderer::render_real_space`] is the separable real-space sum
 //! `img[y, x] = Σ_r a_r·exp(−(y_p − v_r)²/2σ²)·exp(−(x_p − u_r)²/2σ²)` (no CTF), for
@@ -233,7 +248,7 @@ impl Renderer {
     /// prediction). Run once per data batch.
     pub fn lowpass_images(&self, images: &[f32]) -> Result<Vec<f32>> {
         let d = self.d;
-        if images.len() % (d * d) != 0 {
+        if !images.len().is_multiple_of(d * d) {
             return Err(NnError::msg(format!(
                 "{} values are not a whole number of {d}×{d} images",
                 images.len()
