@@ -19,7 +19,7 @@ pub mod optim;
 pub mod render;
 pub mod structure;
 
-pub use render::{Band, Renderer};
+pub use render::{Band, BandData, Renderer};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

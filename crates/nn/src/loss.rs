@@ -248,6 +248,60 @@ impl candle_core::CustomOp2 for CorrelationOp {
     }
 }
 
+/// Unmasked correlation computed in Fourier space (Parseval) from the prediction's band
+/// spectrum G = T⊙F ([B, K, 2K], `Renderer::apply_transfer(Renderer::spectrum(..))`) and the
+/// data's band spectrum X ([`crate::render::BandData`], transformed once outside the graph):
+///
+/// ```text
+/// Σ_p pred·gt = (1/D²)·Σ_k Re(G(k)·conj(X(k)))   (G is zero outside the band)
+/// Σ_p pred    = G(0),   Σ_p pred² = (1/D²)·Σ_k |G(k)|²
+/// L = −mean_b[Σ_p pred·gt / ((std(gt) + ε)(std(pred) + ε))] / D²
+/// ```
+///
+/// with population std over all D² pixels: the correlation loss of METHODS.md §0 without
+/// the circular mask (equal to [`CorrelationLoss`] with a mask covering the whole box),
+/// at a cost of O(K²) per image instead of synthesising D² pixels. Exact when the band
+/// does not reach D/2 (then the band spectrum is Hermitian and the image real).
+#[derive(Debug, Clone, Copy)]
+pub struct FourierCorrelationLoss {
+    pub d: usize,
+    pub eps: f64,
+}
+
+impl FourierCorrelationLoss {
+    pub fn new(d: usize, eps: f64) -> FourierCorrelationLoss {
+        FourierCorrelationLoss { d, eps }
+    }
+
+    /// Per-image terms [B] (see the type's docs).
+    pub fn per_image(&self, pred_spec: &Tensor, data: &crate::render::BandData) -> Result<Tensor> {
+        let (b, nk, two_nk) = pred_spec.dims3()?;
+        if data.spec.dims() != pred_spec.dims() || two_nk != 2 * nk {
+            return Err(NnError::msg(format!(
+                "prediction spectrum {:?} and data spectrum {:?} differ",
+                pred_spec.dims(),
+                data.spec.dims()
+            )));
+        }
+        let n = (self.d * self.d) as f64;
+        let flat = pred_spec.reshape((b, ()))?;
+        let s_pg = ((&flat * data.spec.reshape((b, ()))?)?.sum(1)? / n)?;
+        let s_pp = (flat.sqr()?.sum(1)? / n)?;
+        let c = nk / 2; // k = 0 sits at band position k_max = (K − 1)/2
+        let dc = pred_spec.narrow(1, c, 1)?.narrow(2, c, 1)?.reshape(b)?;
+        let mean = (dc / n)?;
+        let var = ((s_pp / n)? - mean.sqr()?)?.relu()?;
+        let sd_p = (var + 1e-20)?.sqrt()?;
+        let den = ((&data.std + self.eps)? * (sd_p + self.eps)?)?;
+        Ok(((s_pg / den)? / n)?)
+    }
+
+    /// The loss (a scalar).
+    pub fn loss(&self, pred_spec: &Tensor, data: &crate::render::BandData) -> Result<Tensor> {
+        Ok(self.per_image(pred_spec, data)?.mean_all()?.neg()?)
+    }
+}
+
 /// Mean squared error over all elements, or over the pixels where a D×D `mask` is 1.
 pub fn mse_loss(pred: &Tensor, gt: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let diff2 = (pred - gt)?.sqr()?;

@@ -84,6 +84,15 @@ pub enum Band {
     Resolution { resolution_a: f64 },
 }
 
+/// Band part of data spectra and their real-space std ([`Renderer::band_data`]).
+#[derive(Debug, Clone)]
+pub struct BandData {
+    /// [B, K, 2K] = [Re | Im] of the centred DFT on the renderer's band.
+    pub spec: Tensor,
+    /// Population std over all D² pixels, [B].
+    pub std: Tensor,
+}
+
 /// Band-limited differentiable renderer for D×D images at a fixed pixel size.
 pub struct Renderer {
     d: usize,
@@ -276,6 +285,47 @@ impl Renderer {
             fft.inverse_real(&mut work, &spec, o);
         }
         Ok(out)
+    }
+
+    /// Data for [`crate::loss::FourierCorrelationLoss`]: the band part [B, K, 2K] of the
+    /// centred spectra of D×D `images` (FFT outside the graph, once per batch) and the
+    /// population std of each image over all D² pixels, [B].
+    pub fn band_data(&self, images: &[f32]) -> Result<BandData> {
+        let d = self.d;
+        if !images.len().is_multiple_of(d * d) {
+            return Err(NnError::msg(format!(
+                "{} values are not a whole number of {d}×{d} images",
+                images.len()
+            )));
+        }
+        let b = images.len() / (d * d);
+        let nk = self.nk;
+        let h = (d / 2) as i64;
+        let fft = cryoforge_core::fft::Fft2::new(d);
+        let mut work = fft.work();
+        let mut spec = vec![cryoforge_core::fft::C32::default(); d * d];
+        let mut out = vec![0f32; b * nk * 2 * nk];
+        let mut std = vec![0f32; b];
+        for (i, img) in images.chunks_exact(d * d).enumerate() {
+            fft.forward_real(&mut work, img, &mut spec);
+            for iy in 0..nk {
+                let row = (self.k0 + iy as i64 + h) as usize;
+                for ix in 0..nk {
+                    let col = (self.k0 + ix as i64 + h) as usize;
+                    let v = spec[row * d + col];
+                    out[(i * nk + iy) * 2 * nk + ix] = v.re;
+                    out[(i * nk + iy) * 2 * nk + nk + ix] = v.im;
+                }
+            }
+            let n = (d * d) as f64;
+            let mean = img.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let var = img.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+            std[i] = var.sqrt() as f32;
+        }
+        Ok(BandData {
+            spec: Tensor::from_vec(out, (b, nk, 2 * nk), &self.device)?.to_dtype(self.dtype)?,
+            std: Tensor::from_vec(std, b, &self.device)?.to_dtype(self.dtype)?,
+        })
     }
 
     /// Transfer tensor [B, K, K] = −CTF·disk for each particle (cryoforge's forward model

@@ -388,6 +388,22 @@ fn bench_render_forward_backward() {
             ren.band_len(),
             (n * b) as f64 / s
         );
+        let gt_host: Vec<f32> = gt.flatten_all().unwrap().to_vec1().unwrap();
+        let bd = ren.band_data(&gt_host).unwrap();
+        let fl = cryoforge_nn::loss::FourierCorrelationLoss::new(d, 1e-8);
+        let run_f = || {
+            let sp = ren.spectrum(vc.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts).unwrap();
+            fl.loss(&ren.apply_transfer(&sp, &tr).unwrap(), &bd).unwrap().backward().unwrap();
+        };
+        run_f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            run_f();
+        }
+        eprintln!(
+            "  Fourier-space (unmasked) loss: {:.1} images/s",
+            (n * b) as f64 / t0.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -546,4 +562,61 @@ fn lowpass_of_full_band_image_equals_low_band_render() {
     let e = lp.iter().zip(&l).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / peak;
     eprintln!("low-passed full-band render vs low-band render: {e:.2e}");
     assert!(e < 1e-5, "{e}");
+}
+
+#[test]
+fn fourier_space_correlation_equals_real_space_correlation_without_mask() {
+    use cryoforge_nn::loss::FourierCorrelationLoss;
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let (d, apix) = (32usize, 1.5);
+    let (c, a) = random_model(15, 10.0, 42);
+    let rots: Vec<Rot3> = (0..3).map(|_| random_rot(&mut rng)).collect();
+    let shifts = vec![[0.5, -1.0], [0.0, 0.0], [2.0, 1.0]];
+    let ctfs: Vec<CtfParams> = (0..3)
+        .map(|i| CtfParams {
+            defocus_u_a: 10000.0 + 3000.0 * i as f64,
+            defocus_v_a: 11000.0,
+            ..Default::default()
+        })
+        .collect();
+    let ren = Renderer::new(d, apix, Band::Resolution { resolution_a: 5.0 }, &Device::Cpu).unwrap();
+    assert!(ren.kmax() < d / 2);
+    let inp = inputs(&c, &a, 2.0, &rots, &shifts, DType::F32);
+    let gt: Vec<f32> = (0..3 * d * d).map(|_| rng.gen_range(-1.0..1.5)).collect();
+    let gt_t = Tensor::from_vec(gt.clone(), (3, d, d), &Device::Cpu).unwrap();
+    let band = ren.band_data(&gt).unwrap();
+    let tr = ren.ctf_transfer(&ctfs).unwrap();
+    let eval = |fourier: bool| -> (f64, Vec<f64>) {
+        let v = Var::from_tensor(&inp.coords).unwrap();
+        let spec = ren
+            .apply_transfer(
+                &ren.spectrum(v.as_tensor(), &inp.amps, &inp.sigma, &inp.rots, &inp.shifts).unwrap(),
+                &tr,
+            )
+            .unwrap();
+        let l = if fourier {
+            FourierCorrelationLoss::new(d, 1e-8).loss(&spec, &band).unwrap()
+        } else {
+            // A mask covering the whole box: the same quantity in real space.
+            let cl = CorrelationLoss::new(d, 3.0, 1e-8, &Device::Cpu).unwrap();
+            cl.loss(&ren.synthesize(&spec).unwrap(), &gt_t).unwrap()
+        };
+        let g = l.backward().unwrap();
+        let gv = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), gv)
+    };
+    let (lf, gf) = eval(true);
+    let (lr, gr) = eval(false);
+    let e = rel_err(&gf, &gr);
+    eprintln!("Fourier-space vs real-space correlation: loss {lf:.6e} vs {lr:.6e}, gradient rel err {e:.2e}");
+    assert!((lf - lr).abs() < 1e-5 * lr.abs(), "{lf} vs {lr}");
+    assert!(e < 1e-4, "{e}");
 }
