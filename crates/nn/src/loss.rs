@@ -92,7 +92,7 @@ impl CorrelationLoss {
         self.n_in
     }
 
-    /// Masked population std over the mask pixels of [B, D²] masked images → [B].
+    /// Masked population std over the mask pixels of [B, D²] masked images → \[B\].
     fn masked_std(&self, xm: &Tensor) -> Result<Tensor> {
         let mean = (xm.sum(1)? / self.n_in)?;
         let ex2 = (xm.sqr()?.sum(1)? / self.n_in)?;
@@ -100,7 +100,7 @@ impl CorrelationLoss {
         Ok((var + 1e-20)?.sqrt()?)
     }
 
-    /// Per-image correlation terms `Σ m·pred·gt / ((std+ε)(std+ε)) / N_in` → [B].
+    /// Per-image correlation terms `Σ m·pred·gt / ((std+ε)(std+ε)) / N_in` → \[B\].
     /// On the CPU in f32 a fused custom op ([`CorrelationOp`], one pass forward and one
     /// backward; no gradient w.r.t. the data); otherwise composed candle ops.
     pub fn per_image(&self, pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
@@ -136,7 +136,7 @@ impl CorrelationLoss {
     }
 }
 
-/// Fused correlation terms: (pred [B, D, D], gt [B, D, D]) → [B], f32 on the CPU,
+/// Fused correlation terms: (pred [B, D, D], gt [B, D, D]) → \[B\], f32 on the CPU,
 /// sums in f64. With S = Σ m·p·g, μ_p = Σ m·p/N, σ_p = sqrt(max(Σ m·p²/N − μ_p², 0) + δ):
 /// `c = S/((σ_g + ε)(σ_p + ε))/N` and
 /// `∂c/∂p_i = m_i·[g_i − S·(p_i − μ_p)/(N·σ_p·(σ_p + ε))·[var_p > 0]] / ((σ_g + ε)(σ_p + ε)·N)`.
@@ -273,7 +273,7 @@ impl FourierCorrelationLoss {
         FourierCorrelationLoss { d, eps }
     }
 
-    /// Per-image terms [B] (see the type's docs).
+    /// Per-image terms \[B\] (see the type's docs).
     pub fn per_image(&self, pred_spec: &Tensor, data: &crate::render::BandData) -> Result<Tensor> {
         let (b, nk, two_nk) = pred_spec.dims3()?;
         if data.spec.dims() != pred_spec.dims() || two_nk != 2 * nk {
@@ -421,7 +421,7 @@ impl PairList {
 }
 
 /// Continuity: `mean_{b,p} (d_p − d⁰_p)²` over `pairs` (consecutive same-chain residues),
-/// `d0` the reference distances [P]. 0 for an empty list.
+/// `d0` the reference distances \[P\]. 0 for an empty list.
 pub fn continuity_loss(coords: &Tensor, pairs: &PairList, d0: &Tensor) -> Result<Tensor> {
     if pairs.is_empty() {
         return Ok(Tensor::zeros((), coords.dtype(), coords.device())?);
@@ -442,7 +442,7 @@ pub fn clash_loss(coords: &Tensor, pairs: &PairList, cutoff_a: f64) -> Result<Te
     Ok((v.sqr()?.sum_all()? / count.max(1.0))?)
 }
 
-/// Elastic network: `Σ k_p (d_p − d⁰_p)² / (B·Σ k_p)` with an optional keep mask k [P]
+/// Elastic network: `Σ k_p (d_p − d⁰_p)² / (B·Σ k_p)` with an optional keep mask k \[P\]
 /// (1 keep, 0 drop); 0 when no edge is kept.
 pub fn elastic_loss(coords: &Tensor, pairs: &PairList, d0: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
     if pairs.is_empty() {
@@ -466,7 +466,7 @@ pub fn elastic_loss(coords: &Tensor, pairs: &PairList, d0: &Tensor, keep: Option
 
 /// Adaptive relaxation (cryoSTAR): keep the edges whose distance variance over the batch
 /// (`dists` [B, P], population variance) is at most the `keep_ratio` quantile of the
-/// variances (nearest rank). Returns a [P] mask of 0/1 (f32), with no gradient.
+/// variances (nearest rank). Returns a \[P\] mask of 0/1 (f32), with no gradient.
 pub fn edge_keep_mask(dists: &Tensor, keep_ratio: f64) -> Result<Tensor> {
     let (b, p) = dists.dims2()?;
     let d: Vec<Vec<f32>> = dists.detach().to_dtype(DType::F32)?.to_vec2()?;

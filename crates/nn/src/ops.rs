@@ -12,7 +12,7 @@ use candle_core::{Tensor, D};
 
 use crate::Result;
 
-/// LayerNorm over the last dimension with optional affine parameters γ, β ([C]).
+/// LayerNorm over the last dimension with optional affine parameters γ, β (\[C\]).
 pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;

@@ -54,9 +54,12 @@
 //!
 //! Data images are low-passed to exactly the same band once, outside the graph, by
 //! [`Renderer::lowpass_images`] (cryoSTAR low-passes prediction and data alike).
-//! Measured on one core (`bench_render_forward_backward`, 214 residues, D = 128,
-//! 1 Å/px, batch 16, forward + correlation loss + backward): ≈110 images/s for the full
-//! envelope band (K = 115), ≈325 at 4 Å (K = 65), ≈900 at 10 Å (K = 25).
+//! Measured on one core (`RAYON_NUM_THREADS=1`, `bench_render_forward_backward`, test
+//! profile, 214 residues, D = 128, 1 Å/px, batch 16, forward + masked correlation loss +
+//! backward, on a shared 2-core machine under load ≈ 7): 64–110 images/s for the full
+//! envelope band (K = 115), 195–325 at 4 Å (K = 65), 700–900 at 10 Å (K = 25); with the
+//! unmasked Fourier-space loss ([`crate::loss::FourierCorrelationLoss`], no synthesis)
+//! ≈110, ≈400 and ≈1600–1700 images/s.
 //!
 //! [`Renderer::render_real_space`] is the separable real-space sum
 //! `img[y, x] = Σ_r a_r·exp(−(y_p − v_r)²/2σ²)·exp(−(x_p − u_r)²/2σ²)` (no CTF), for
@@ -89,7 +92,7 @@ pub enum Band {
 pub struct BandData {
     /// [B, K, 2K] = [Re | Im] of the centred DFT on the renderer's band.
     pub spec: Tensor,
-    /// Population std over all D² pixels, [B].
+    /// Population std over all D² pixels, \[B\].
     pub std: Tensor,
 }
 
@@ -103,11 +106,11 @@ pub struct Renderer {
     nk: usize,
     device: Device,
     dtype: DType,
-    /// k (Å⁻¹) per band frequency, [K] f32 (CPU copy kept for the phasor op).
+    /// k (Å⁻¹) per band frequency, \[K\] f32 (CPU copy kept for the phasor op).
     k_a: Vec<f64>,
-    /// k² (Å⁻²), [K].
+    /// k² (Å⁻²), \[K\].
     k2: Tensor,
-    /// 2πk (Å⁻¹), [K], for the phasor backward.
+    /// 2πk (Å⁻¹), \[K\], for the phasor backward.
     twopi_k: Tensor,
     /// Disk mask on the K×K band, [K, K].
     disk: Tensor,
@@ -116,7 +119,7 @@ pub struct Renderer {
     synth_x: Tensor,
     /// [W_y,re | −W_y,im]: [D, 2K].
     synth_y: Tensor,
-    /// Pixel positions (j − D/2)·apix, [D].
+    /// Pixel positions (j − D/2)·apix, \[D\].
     pix: Tensor,
 }
 
@@ -289,7 +292,7 @@ impl Renderer {
 
     /// Data for [`crate::loss::FourierCorrelationLoss`]: the band part [B, K, 2K] of the
     /// centred spectra of D×D `images` (FFT outside the graph, once per batch) and the
-    /// population std of each image over all D² pixels, [B].
+    /// population std of each image over all D² pixels, \[B\].
     pub fn band_data(&self, images: &[f32]) -> Result<BandData> {
         let d = self.d;
         if !images.len().is_multiple_of(d * d) {
@@ -388,7 +391,7 @@ impl Renderer {
     }
 
     /// Band-limited spectrum [B, K, 2K] = [F_re | F_im] (rows k_y, columns k_x, both over
-    /// the band) of the structures `coords` [B, R, 3] (Å) with amplitudes `amps` ([R] or
+    /// the band) of the structures `coords` [B, R, 3] (Å) with amplitudes `amps` (\[R\] or
     /// [B, R]), width `sigma` (a one-element tensor, Å), rotations `rots` [B, 3, 3] and
     /// shifts `shifts_px` [B, 2]. Not yet masked to the disk (the transfer does that).
     pub fn spectrum(
@@ -551,7 +554,7 @@ impl Renderer {
     }
 }
 
-/// Custom op: u [N] (f32, Å) → [N, 2K] = [cos(−2πk_j u) | sin(−2πk_j u)] for the band
+/// Custom op: u \[N\] (f32, Å) → [N, 2K] = [cos(−2πk_j u) | sin(−2πk_j u)] for the band
 /// frequencies k_j (uniformly spaced), evaluated in f64 by the rotation recurrence.
 pub struct PhasorOp {
     k_a: Vec<f64>,
