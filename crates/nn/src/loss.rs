@@ -249,7 +249,7 @@ impl candle_core::CustomOp2 for CorrelationOp {
 }
 
 /// Unmasked correlation computed in Fourier space (Parseval) from the prediction's band
-/// spectrum G = T⊙F ([B, K, 2K], `Renderer::apply_transfer(Renderer::spectrum(..))`) and the
+/// spectrum G = T⊙F ([B, K_h, 2K], `Renderer::apply_transfer(Renderer::spectrum(..))`) and the
 /// data's band spectrum X ([`crate::render::BandData`], transformed once outside the graph):
 ///
 /// ```text
@@ -275,8 +275,8 @@ impl FourierCorrelationLoss {
 
     /// Per-image terms \[B\] (see the type's docs).
     pub fn per_image(&self, pred_spec: &Tensor, data: &crate::render::BandData) -> Result<Tensor> {
-        let (b, nk, two_nk) = pred_spec.dims3()?;
-        if data.spec.dims() != pred_spec.dims() || two_nk != 2 * nk {
+        let (b, nky, two_nk) = pred_spec.dims3()?;
+        if data.spec.dims() != pred_spec.dims() {
             return Err(NnError::msg(format!(
                 "prediction spectrum {:?} and data spectrum {:?} differ",
                 pred_spec.dims(),
@@ -284,11 +284,14 @@ impl FourierCorrelationLoss {
             )));
         }
         let n = (self.d * self.d) as f64;
+        // Half-band rows stand for themselves and their Friedel partners: weight each row.
+        let w = data.row_w.unsqueeze(0)?.unsqueeze(2)?; // [1, K_h, 1]
+        let flat_w = pred_spec.broadcast_mul(&w)?.reshape((b, ()))?;
         let flat = pred_spec.reshape((b, ()))?;
-        let s_pg = ((&flat * data.spec.reshape((b, ()))?)?.sum(1)? / n)?;
-        let s_pp = (flat.sqr()?.sum(1)? / n)?;
-        let c = nk / 2; // k = 0 sits at band position k_max = (K − 1)/2
-        let dc = pred_spec.narrow(1, c, 1)?.narrow(2, c, 1)?.reshape(b)?;
+        let s_pg = ((&flat_w * data.spec.reshape((b, ()))?)?.sum(1)? / n)?;
+        let s_pp = ((&flat_w * &flat)?.sum(1)? / n)?;
+        // k_x = 0 sits at band column k_max = ⌊K/2⌋; k_y = 0 is the last half-band row.
+        let dc = pred_spec.narrow(1, nky - 1, 1)?.narrow(2, two_nk / 4, 1)?.reshape(b)?;
         let mean = (dc / n)?;
         let var = ((s_pp / n)? - mean.sqr()?)?.relu()?;
         let sd_p = (var + 1e-20)?.sqrt()?;

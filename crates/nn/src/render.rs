@@ -22,8 +22,13 @@
 //! [`Band::Resolution`]). A complex product is done with real tensors in one matmul:
 //!
 //! ```text
-//! [F_re | F_im] (K × 2K) = [E_y,reᵀ | E_y,imᵀ] (K × 2R) · [[E_x,re, E_x,im], [−E_x,im, E_x,re]] (2R × 2K)
+//! [F_re | F_im] (K_h × 2K) = [E_y,reᵀ | E_y,imᵀ] (K_h × 2R) · [[E_x,re, E_x,im], [−E_x,im, E_x,re]] (2R × 2K)
 //! ```
+//!
+//! Only the K_h = k_max + 1 rows k_y ≤ 0 are computed: the image is real, so row −k_y is the
+//! complex conjugate of row k_y (Friedel), and in the inverse DFT below Re of a row pair is
+//! twice Re of one row — rows k_y < 0 get weight 2 ([`Renderer::row_weights`]), except
+//! k_y = 0 and k_y = −D/2 (no partner on the grid), weight 1. This halves every cost.
 //!
 //! The CTF enters as a per-particle real "transfer" T(k) multiplied onto the spectrum
 //! ([`Renderer::ctf_transfer`] gives T = −CTF·disk, the forward model image =
@@ -33,7 +38,7 @@
 //!
 //! ```text
 //! img = Re(W_y·G·W_xᵀ),  G = T ⊙ F:   [Q_re | Q_im] = [G_re | G_im]·[[W_x,reᵀ, W_x,imᵀ], [−W_x,imᵀ, W_x,reᵀ]]
-//!                                     img = [W_y,re | −W_y,im]·[Q_re ; Q_im]
+//!                                     img = [w·W_y,re | −w·W_y,im]·[Q_re ; Q_im]   (w: Friedel row weights)
 //! ```
 //!
 //! so no FFT is inside the autodiff graph: everything is matmuls and element-wise ops,
@@ -45,7 +50,7 @@
 //!   matmul operands directly — [`PhasorBlockX`]: u → [[C, S], [−S, C]] and
 //!   [`PhasorBlockY`]: (v, a) → [a·Cᵀ | a·Sᵀ] with C + iS = exp(−2πi k u) evaluated in f64
 //!   by the rotation recurrence (one sin/cos per residue, not per frequency) — and the
-//!   envelope enters after the matmul as the K×K outer product N·g(k_y)·g(k_x). Their
+//!   envelope enters after the matmul as the K_h×K outer product N·g(k_y)·g(k_x). Their
 //!   backward passes are analytic: with Ḡ_C, Ḡ_S the gradients reaching C and S,
 //!   `∂L/∂u = Σ_k 2πk·(Ḡ_C·S − Ḡ_S·C)` and, for the amplitude-weighted y operand,
 //!   `∂L/∂a = Σ_k (Ḡ_C·C + Ḡ_S·S)`, `∂L/∂v = a·Σ_k 2πk·(Ḡ_C·S − Ḡ_S·C)`.
@@ -90,10 +95,12 @@ pub enum Band {
 /// Band part of data spectra and their real-space std ([`Renderer::band_data`]).
 #[derive(Debug, Clone)]
 pub struct BandData {
-    /// [B, K, 2K] = [Re | Im] of the centred DFT on the renderer's band.
+    /// [B, K_h, 2K] = [Re | Im] of the centred DFT on the renderer's band.
     pub spec: Tensor,
     /// Population std over all D² pixels, \[B\].
     pub std: Tensor,
+    /// Friedel weights of the half-band rows ([`Renderer::row_weights`]).
+    pub row_w: Tensor,
 }
 
 /// Band-limited differentiable renderer for D×D images at a fixed pixel size.
@@ -104,20 +111,28 @@ pub struct Renderer {
     /// First frequency index of the band (−k_max); the band is k0..k0+K.
     k0: i64,
     nk: usize,
+    /// Rows of the half band, k_y = −k_max..0: K_h = k_max + 1.
+    nky: usize,
     device: Device,
     dtype: DType,
     /// k (Å⁻¹) per band frequency, \[K\] f32 (CPU copy kept for the phasor op).
     k_a: Vec<f64>,
     /// k² (Å⁻²), \[K\].
     k2: Tensor,
+    /// k² of the half-band rows, \[K_h\].
+    k2y: Tensor,
+    /// 2πk of the half-band rows, \[K_h\].
+    twopi_ky: Tensor,
+    /// Friedel weights of the half-band rows: 2, except 1 for k_y = 0 and k_y = −D/2.
+    row_w: Tensor,
     /// 2πk (Å⁻¹), \[K\], for the phasor backward.
     twopi_k: Tensor,
-    /// Disk mask on the K×K band, [K, K].
+    /// Disk mask on the half band, [K_h, K].
     disk: Tensor,
     disk_host: Vec<f32>,
     /// [[W_x,reᵀ, W_x,imᵀ], [−W_x,imᵀ, W_x,reᵀ]]: [2K, 2D].
     synth_x: Tensor,
-    /// [W_y,re | −W_y,im]: [D, 2K].
+    /// [w·W_y,re | −w·W_y,im] over the half-band rows: [D, 2K_h].
     synth_y: Tensor,
     /// Pixel positions (j − D/2)·apix, \[D\].
     pix: Tensor,
@@ -170,8 +185,11 @@ impl Renderer {
         let k2: Vec<f32> = k_a.iter().map(|k| (k * k) as f32).collect();
         let twopi_k: Vec<f32> = k_a.iter().map(|k| (2.0 * std::f64::consts::PI * k) as f32).collect();
         let km2 = (kmax * kmax) as i64;
-        let mut disk_host = vec![0f32; nk * nk];
-        for (iy, ky) in k_idx.iter().enumerate() {
+        let nky = kmax + 1;
+        let row_w: Vec<f32> =
+            k_idx[..nky].iter().map(|&k| if k == 0 || k == -(h as i64) { 1.0 } else { 2.0 }).collect();
+        let mut disk_host = vec![0f32; nky * nk];
+        for (iy, ky) in k_idx[..nky].iter().enumerate() {
             for (ix, kx) in k_idx.iter().enumerate() {
                 if ky * ky + kx * kx <= km2 {
                     disk_host[iy * nk + ix] = 1.0;
@@ -194,14 +212,19 @@ impl Renderer {
                 sx[(nk + ik) * 2 * d + d + p] = re;
             }
         }
-        let mut sy = vec![0f32; d * 2 * nk];
+        // Rows k_y > 0 are the complex conjugates of rows −k_y: Re of their sum is twice
+        // Re of one, so only the half band is synthesised, with the Friedel weights.
+        let mut sy = vec![0f32; d * 2 * nky];
         for p in 0..d {
-            for (ik, &k) in k_idx.iter().enumerate() {
+            for (ik, &k) in k_idx[..nky].iter().enumerate() {
                 let (re, im) = w(p, k);
-                sy[p * 2 * nk + ik] = re as f32;
-                sy[p * 2 * nk + nk + ik] = -im as f32;
+                let wt = row_w[ik] as f64;
+                sy[p * 2 * nky + ik] = (wt * re) as f32;
+                sy[p * 2 * nky + nky + ik] = -(wt * im) as f32;
             }
         }
+        let k2y: Vec<f32> = k2[..nky].to_vec();
+        let twopi_ky: Vec<f32> = twopi_k[..nky].to_vec();
         let pix: Vec<f32> = (0..d).map(|j| ((j as f64 - h as f64) * apix_a) as f32).collect();
         Ok(Renderer {
             d,
@@ -209,15 +232,19 @@ impl Renderer {
             kmax,
             k0,
             nk,
+            nky,
             device: device.clone(),
             dtype,
             k2: Tensor::from_vec(k2, nk, device)?.to_dtype(dtype)?,
             twopi_k: Tensor::from_vec(twopi_k, nk, device)?.to_dtype(dtype)?,
-            disk: Tensor::from_vec(disk_host.clone(), (nk, nk), device)?.to_dtype(dtype)?,
+            k2y: Tensor::from_vec(k2y, nky, device)?.to_dtype(dtype)?,
+            twopi_ky: Tensor::from_vec(twopi_ky, nky, device)?.to_dtype(dtype)?,
+            row_w: Tensor::from_vec(row_w, nky, device)?.to_dtype(dtype)?,
+            disk: Tensor::from_vec(disk_host.clone(), (nky, nk), device)?.to_dtype(dtype)?,
             disk_host,
             k_a,
             synth_x: Tensor::from_vec(sx, (2 * nk, 2 * d), device)?.to_dtype(dtype)?,
-            synth_y: Tensor::from_vec(sy, (d, 2 * nk), device)?.to_dtype(dtype)?,
+            synth_y: Tensor::from_vec(sy, (d, 2 * nky), device)?.to_dtype(dtype)?,
             pix: Tensor::from_vec(pix, d, device)?.to_dtype(dtype)?,
         })
     }
@@ -239,9 +266,20 @@ impl Renderer {
         self.kmax
     }
 
-    /// Number K of band frequencies per axis (the spectrum is K×K).
+    /// Number K of band frequencies per axis (k_x = −k_max..k_max, clipped to the grid).
     pub fn band_len(&self) -> usize {
         self.nk
+    }
+
+    /// Number K_h = k_max + 1 of half-band rows (k_y = −k_max..0): spectra and transfers
+    /// are K_h × K (rows k_y ≤ 0; the others follow from Friedel symmetry).
+    pub fn band_rows(&self) -> usize {
+        self.nky
+    }
+
+    /// Friedel weights of the half-band rows, \[K_h\] (2, or 1 for k_y = 0 and k_y = −D/2).
+    pub fn row_weights(&self) -> &Tensor {
+        &self.row_w
     }
 
     /// Centred frequency index of band position i (i in 0..K).
@@ -290,7 +328,7 @@ impl Renderer {
         Ok(out)
     }
 
-    /// Data for [`crate::loss::FourierCorrelationLoss`]: the band part [B, K, 2K] of the
+    /// Data for [`crate::loss::FourierCorrelationLoss`]: the band part [B, K_h, 2K] of the
     /// centred spectra of D×D `images` (FFT outside the graph, once per batch) and the
     /// population std of each image over all D² pixels, \[B\].
     pub fn band_data(&self, images: &[f32]) -> Result<BandData> {
@@ -307,17 +345,18 @@ impl Renderer {
         let fft = cryoforge_core::fft::Fft2::new(d);
         let mut work = fft.work();
         let mut spec = vec![cryoforge_core::fft::C32::default(); d * d];
-        let mut out = vec![0f32; b * nk * 2 * nk];
+        let nky = self.nky;
+        let mut out = vec![0f32; b * nky * 2 * nk];
         let mut std = vec![0f32; b];
         for (i, img) in images.chunks_exact(d * d).enumerate() {
             fft.forward_real(&mut work, img, &mut spec);
-            for iy in 0..nk {
+            for iy in 0..nky {
                 let row = (self.k0 + iy as i64 + h) as usize;
                 for ix in 0..nk {
                     let col = (self.k0 + ix as i64 + h) as usize;
                     let v = spec[row * d + col];
-                    out[(i * nk + iy) * 2 * nk + ix] = v.re;
-                    out[(i * nk + iy) * 2 * nk + nk + ix] = v.im;
+                    out[(i * nky + iy) * 2 * nk + ix] = v.re;
+                    out[(i * nky + iy) * 2 * nk + nk + ix] = v.im;
                 }
             }
             let n = (d * d) as f64;
@@ -326,34 +365,35 @@ impl Renderer {
             std[i] = var.sqrt() as f32;
         }
         Ok(BandData {
-            spec: Tensor::from_vec(out, (b, nk, 2 * nk), &self.device)?.to_dtype(self.dtype)?,
+            spec: Tensor::from_vec(out, (b, nky, 2 * nk), &self.device)?.to_dtype(self.dtype)?,
+            row_w: self.row_w.clone(),
             std: Tensor::from_vec(std, b, &self.device)?.to_dtype(self.dtype)?,
         })
     }
 
-    /// Transfer tensor [B, K, K] = −CTF·disk for each particle (cryoforge's forward model
+    /// Transfer tensor [B, K_h, K] = −CTF·disk for each particle (cryoforge's forward model
     /// image = F⁻¹[−CTF·F], CONVENTIONS.md rule 6). Computed on the host, no gradient.
     pub fn ctf_transfer(&self, ctfs: &[CtfParams]) -> Result<Tensor> {
-        let nk = self.nk;
-        let mut out = vec![0f32; ctfs.len() * nk * nk];
+        let (nk, nky) = (self.nk, self.nky);
+        let mut out = vec![0f32; ctfs.len() * nky * nk];
         for (b, p) in ctfs.iter().enumerate() {
             p.check().map_err(NnError::msg)?;
             let e = p.evaluator();
-            for iy in 0..nk {
+            for iy in 0..nky {
                 for ix in 0..nk {
                     let m = self.disk_host[iy * nk + ix];
                     if m != 0.0 {
-                        out[(b * nk + iy) * nk + ix] = -(e.eval(self.k_a[ix], self.k_a[iy]) as f32) * m;
+                        out[(b * nky + iy) * nk + ix] = -(e.eval(self.k_a[ix], self.k_a[iy]) as f32) * m;
                     }
                 }
             }
         }
-        Ok(Tensor::from_vec(out, (ctfs.len(), nk, nk), &self.device)?.to_dtype(self.dtype)?)
+        Ok(Tensor::from_vec(out, (ctfs.len(), nky, nk), &self.device)?.to_dtype(self.dtype)?)
     }
 
-    /// Transfer tensor [B, K, K] = disk: the projection itself, no CTF.
+    /// Transfer tensor [B, K_h, K] = disk: the projection itself, no CTF.
     pub fn identity_transfer(&self, batch: usize) -> Result<Tensor> {
-        Ok(self.disk.unsqueeze(0)?.broadcast_as((batch, self.nk, self.nk))?.contiguous()?)
+        Ok(self.disk.unsqueeze(0)?.broadcast_as((batch, self.nky, self.nk))?.contiguous()?)
     }
 
     /// Residue centres in the image plane minus the shift: (u, v), each [B, R] (Å).
@@ -378,19 +418,21 @@ impl Renderer {
     }
 
     /// [cos(−2πk·u) | sin(−2πk·u)] for every element of `u` ([B, R]) → [B, R, 2K].
-    fn phasors(&self, u: &Tensor) -> Result<Tensor> {
+    fn phasors(&self, u: &Tensor, half_rows: bool) -> Result<Tensor> {
         let (b, r) = u.dims2()?;
+        let (k_a, twopi_k) =
+            if half_rows { (&self.k_a[..self.nky], &self.twopi_ky) } else { (&self.k_a[..], &self.twopi_k) };
         let flat = u.flatten_all()?.contiguous()?;
         let out = if self.device.is_cpu() && u.dtype() == DType::F32 {
-            flat.apply_op1(PhasorOp { k_a: self.k_a.clone(), twopi_k: self.twopi_k.clone() })?
+            flat.apply_op1(PhasorOp { k_a: k_a.to_vec(), twopi_k: twopi_k.clone() })?
         } else {
-            let ph = flat.unsqueeze(1)?.broadcast_mul(&self.twopi_k.unsqueeze(0)?)?.neg()?;
+            let ph = flat.unsqueeze(1)?.broadcast_mul(&twopi_k.unsqueeze(0)?)?.neg()?;
             Tensor::cat(&[&ph.cos()?, &ph.sin()?], 1)?
         };
-        Ok(out.reshape((b, r, 2 * self.nk))?)
+        Ok(out.reshape((b, r, 2 * k_a.len()))?)
     }
 
-    /// Band-limited spectrum [B, K, 2K] = [F_re | F_im] (rows k_y, columns k_x, both over
+    /// Band-limited spectrum [B, K_h, 2K] = [F_re | F_im] (rows k_y, columns k_x, both over
     /// the band) of the structures `coords` [B, R, 3] (Å) with amplitudes `amps` (\[R\] or
     /// [B, R]), width `sigma` (a one-element tensor, Å), rotations `rots` [B, 3, 3] and
     /// shifts `shifts_px` [B, 2]. Not yet masked to the disk (the transfer does that).
@@ -425,7 +467,7 @@ impl Renderer {
 
     /// CPU/f32 path: the phasor blocks of both matmul operands come from fused custom ops
     /// ([`PhasorBlockX`], [`PhasorBlockY`]); the Gaussian envelope and N are applied after
-    /// the matmul as the K×K outer product N·g(k_y)·g(k_x).
+    /// the matmul as the K_h×K outer product N·g(k_y)·g(k_x).
     pub fn spectrum_fused(
         &self,
         coords: &Tensor,
@@ -439,14 +481,16 @@ impl Renderer {
         let (u, v) = self.centres(coords, rots, shifts_px)?;
         let amp = self.amps_br(amps, b, r)?.contiguous()?;
         let rhs = u.contiguous()?.apply_op1(PhasorBlockX { k_a: self.k_a.clone() })?; // [B, 2R, 2K]
-        let lhs = v.contiguous()?.apply_op2(&amp, PhasorBlockY { k_a: self.k_a.clone() })?; // [B, K, 2R]
-        let p = lhs.matmul(&rhs)?; // [B, K, 2K]
+        let lhs = v.contiguous()?.apply_op2(&amp, PhasorBlockY { k_a: self.k_a[..self.nky].to_vec() })?; // [B, K, 2R]
+        let p = lhs.matmul(&rhs)?; // [B, K_h, 2K]
         let sig2 = sigma.flatten_all()?.reshape(())?.sqr()?;
-        let g = (&self.k2 * (-2.0 * std::f64::consts::PI.powi(2)))?.broadcast_mul(&sig2)?.exp()?; // [K]
+        let c = -2.0 * std::f64::consts::PI.powi(2);
+        let g = (&self.k2 * c)?.broadcast_mul(&sig2)?.exp()?; // [K]
+        let gy = (&self.k2y * c)?.broadcast_mul(&sig2)?.exp()?; // [K_h]
         let norm = (&sig2 * (2.0 * std::f64::consts::PI / (self.apix * self.apix)))?;
-        let e = g.unsqueeze(1)?.broadcast_mul(&g.unsqueeze(0)?)?.broadcast_mul(&norm)?; // [K, K]
-        let e2 = Tensor::cat(&[&e, &e], 1)?; // [K, 2K]
-        debug_assert_eq!(e2.dims(), [nk, 2 * nk]);
+        let e = gy.unsqueeze(1)?.broadcast_mul(&g.unsqueeze(0)?)?.broadcast_mul(&norm)?; // [K_h, K]
+        let e2 = Tensor::cat(&[&e, &e], 1)?; // [K_h, 2K]
+        debug_assert_eq!(e2.dims(), [self.nky, 2 * nk]);
         Ok(p.broadcast_mul(&e2)?)
     }
 
@@ -463,11 +507,15 @@ impl Renderer {
         let (b, r, _) = coords.dims3()?;
         let nk = self.nk;
         let (u, v) = self.centres(coords, rots, shifts_px)?;
-        let px = self.phasors(&u)?;
-        let py = self.phasors(&v)?;
+        let nky = self.nky;
+        let px = self.phasors(&u, false)?;
+        let py = self.phasors(&v, true)?;
         let sig2 = sigma.flatten_all()?.reshape(())?.sqr()?;
-        let env = (&self.k2 * (-2.0 * std::f64::consts::PI.powi(2)))?.broadcast_mul(&sig2)?.exp()?; // [K]
+        let c = -2.0 * std::f64::consts::PI.powi(2);
+        let env = (&self.k2 * c)?.broadcast_mul(&sig2)?.exp()?; // [K]
         let env2 = Tensor::cat(&[&env, &env], 0)?; // [2K]
+        let envy = (&self.k2y * c)?.broadcast_mul(&sig2)?.exp()?; // [K_h]
+        let envy2 = Tensor::cat(&[&envy, &envy], 0)?; // [2K_h]
         let norm = (&sig2 * (2.0 * std::f64::consts::PI / (self.apix * self.apix)))?;
         let amp = match amps.rank() {
             1 => amps.unsqueeze(0)?.broadcast_as((b, r))?,
@@ -480,36 +528,37 @@ impl Renderer {
             return Err(NnError::msg(format!("amplitudes {:?} do not match [{b}, {r}]", amps.dims())));
         }
         let ex = px.broadcast_mul(&env2)?; // [B, R, 2K]
-        let ey = py.broadcast_mul(&env2)?.broadcast_mul(&amp.unsqueeze(2)?)?.broadcast_mul(&norm)?;
+        let ey = py.broadcast_mul(&envy2)?.broadcast_mul(&amp.unsqueeze(2)?)?.broadcast_mul(&norm)?;
         let (exr, exi) = (ex.narrow(2, 0, nk)?, ex.narrow(2, nk, nk)?);
-        let (eyr, eyi) = (ey.narrow(2, 0, nk)?, ey.narrow(2, nk, nk)?);
-        let lhs = Tensor::cat(&[&eyr, &eyi], 1)?.transpose(1, 2)?.contiguous()?; // [B, K, 2R]
+        let (eyr, eyi) = (ey.narrow(2, 0, nky)?, ey.narrow(2, nky, nky)?);
+        let lhs = Tensor::cat(&[&eyr, &eyi], 1)?.transpose(1, 2)?.contiguous()?; // [B, K_h, 2R]
         let bottom = Tensor::cat(&[&exi.neg()?, &exr], 2)?; // [B, R, 2K]
         let rhs = Tensor::cat(&[&ex, &bottom], 1)?.contiguous()?; // [B, 2R, 2K]
         Ok(lhs.matmul(&rhs)?)
     }
 
-    /// Multiply a spectrum [B, K, 2K] by a real transfer [B, K, K] (e.g. −CTF·disk).
+    /// Multiply a spectrum [B, K_h, 2K] by a real transfer [B, K_h, K] (e.g. −CTF·disk).
     pub fn apply_transfer(&self, spec: &Tensor, transfer: &Tensor) -> Result<Tensor> {
         let t2 = Tensor::cat(&[transfer, transfer], 2)?;
         Ok(spec.mul(&t2)?)
     }
 
-    /// Real images [B, D, D] = Re(inverse centred DFT) of a band spectrum [B, K, 2K].
+    /// Real images [B, D, D] = Re(inverse centred DFT) of a band spectrum [B, K_h, 2K].
     pub fn synthesize(&self, spec: &Tensor) -> Result<Tensor> {
-        let (b, nk, two_nk) = spec.dims3()?;
-        if nk != self.nk || two_nk != 2 * self.nk {
+        let (b, nky, two_nk) = spec.dims3()?;
+        let nk = self.nk;
+        if nky != self.nky || two_nk != 2 * nk {
             return Err(NnError::msg(format!(
                 "spectrum must be [B, {}, {}], got {:?}",
-                self.nk,
-                2 * self.nk,
+                self.nky,
+                2 * nk,
                 spec.dims()
             )));
         }
         let d = self.d;
-        let q = spec.reshape((b * nk, 2 * nk))?.matmul(&self.synth_x)?.reshape((b, nk, 2 * d))?;
-        let qs = Tensor::cat(&[&q.narrow(2, 0, d)?, &q.narrow(2, d, d)?], 1)?.contiguous()?; // [B, 2K, D]
-        let l = self.synth_y.unsqueeze(0)?.broadcast_as((b, d, 2 * nk))?.contiguous()?;
+        let q = spec.reshape((b * nky, 2 * nk))?.matmul(&self.synth_x)?.reshape((b, nky, 2 * d))?;
+        let qs = Tensor::cat(&[&q.narrow(2, 0, d)?, &q.narrow(2, d, d)?], 1)?.contiguous()?; // [B, 2K_h, D]
+        let l = self.synth_y.unsqueeze(0)?.broadcast_as((b, d, 2 * nky))?.contiguous()?;
         Ok(l.matmul(&qs)?)
     }
 

@@ -501,7 +501,7 @@ fn fused_and_composed_spectra_agree_in_value_and_gradient() {
     let shifts = vec![[0.3, 0.2], [-1.0, 2.0], [0.0, -0.7]];
     let ren = Renderer::new(32, 1.3, Band::Radius(10), &Device::Cpu).unwrap();
     let inp = inputs(&c, &a, 1.8, &rots, &shifts, DType::F32);
-    let w = Tensor::randn(0f32, 1.0, (3, ren.band_len(), 2 * ren.band_len()), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, ren.band_rows(), 2 * ren.band_len()), &Device::Cpu).unwrap();
     let run = |fused: bool| {
         let (vc, va, vs) = (
             Var::from_tensor(&inp.coords).unwrap(),
