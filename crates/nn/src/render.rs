@@ -61,10 +61,11 @@
 //! [`Renderer::lowpass_images`] (cryoSTAR low-passes prediction and data alike).
 //! Measured on one core (`RAYON_NUM_THREADS=1`, `bench_render_forward_backward`, test
 //! profile, 214 residues, D = 128, 1 Å/px, batch 16, forward + masked correlation loss +
-//! backward, on a shared 2-core machine under load ≈ 7): 64–110 images/s for the full
-//! envelope band (K = 115), 195–325 at 4 Å (K = 65), 700–900 at 10 Å (K = 25); with the
-//! unmasked Fourier-space loss ([`crate::loss::FourierCorrelationLoss`], no synthesis)
-//! ≈110, ≈400 and ≈1600–1700 images/s.
+//! backward, on a shared 2-core machine under load 4–7, so ranges over runs):
+//! 110–200 images/s for the full envelope band (K = 115), 350–730 at 4 Å (K = 65),
+//! 900–1480 at 10 Å (K = 25); with the unmasked Fourier-space loss
+//! ([`crate::loss::FourierCorrelationLoss`], no image synthesis) 190–410, 520–940 and
+//! 1850–4360 images/s.
 //!
 //! [`Renderer::render_real_space`] is the separable real-space sum
 //! `img[y, x] = Σ_r a_r·exp(−(y_p − v_r)²/2σ²)·exp(−(x_p − u_r)²/2σ²)` (no CTF), for
