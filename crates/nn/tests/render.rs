@@ -193,9 +193,10 @@ impl Problem {
             Var::from_tensor(&inp.sigma).unwrap(),
             Var::from_tensor(&inp.shifts).unwrap(),
         );
+        let vr = Var::from_tensor(&inp.rots).unwrap();
         let tr = ren.ctf_transfer(&self.ctfs).unwrap();
         let img = ren
-            .render(vc.as_tensor(), va.as_tensor(), vs.as_tensor(), &inp.rots, vt.as_tensor(), &tr)
+            .render(vc.as_tensor(), va.as_tensor(), vs.as_tensor(), vr.as_tensor(), vt.as_tensor(), &tr)
             .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(99);
         let w: Vec<f64> = (0..img.elem_count()).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -217,7 +218,7 @@ impl Problem {
                 .to_vec1()
                 .unwrap()
         };
-        (lv, vec![get(&vc), get(&va), get(&vs), get(&vt)])
+        (lv, vec![get(&vc), get(&va), get(&vs), get(&vt), get(&vr)])
     }
 
     fn fd(&self, h: f64) -> Vec<Vec<f64>> {
@@ -267,6 +268,20 @@ impl Problem {
             }
         }
         out.push(gt);
+        let mut gr = Vec::new();
+        for bb in 0..b {
+            for i in 0..3 {
+                for j in 0..3 {
+                    let f = |s: f64| {
+                        let mut p = self.clone();
+                        p.rots[bb].0[i][j] += s;
+                        p.eval(DType::F64, false).0
+                    };
+                    gr.push((f(h) - f(-h)) / (2.0 * h));
+                }
+            }
+        }
+        out.push(gr);
         out
     }
 }
@@ -333,7 +348,7 @@ fn renderer_gradients_match_finite_differences() {
     let p = Problem::new();
     let (_, g64) = p.eval(DType::F64, true);
     let fd = p.fd(1e-5);
-    let names = ["coordinates", "amplitudes", "sigma", "shifts"];
+    let names = ["coordinates", "amplitudes", "sigma", "shifts", "rotation matrices"];
     for (i, n) in names.iter().enumerate() {
         let e = rel_err(&g64[i], &fd[i]);
         eprintln!("gradient check (f64, candle cos/sin path) {n}: max rel err {e:.2e}");
