@@ -8,7 +8,7 @@
 //!   no FFT in the autodiff graph), a real-space validation path, data low-pass and
 //!   band spectra.
 //! - [`loss`]: masked correlation (METHODS.md §0), its unmasked Fourier-space (Parseval)
-//!   form, MSE, Gaussian KL with free bits, β schedules, pair-list structural losses
+//!   form, MSE, Gaussian KL (log-variance and std forms) with free bits, β schedules, pair-list structural losses
 //!   (continuity, clash, elastic network with adaptive relaxation).
 //! - [`structure`]: pair lists from a reference structure by cell lists (never R×R).
 //! - [`ops`]: differentiable LayerNorm, softmax and log-softmax.

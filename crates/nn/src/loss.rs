@@ -326,6 +326,16 @@ pub fn gaussian_kl(mu: &Tensor, logvar: &Tensor) -> Result<Tensor> {
     Ok((((mu.sqr()? + logvar.exp()?)? - 1.0)? - logvar)?.affine(0.5, 0.0)?)
 }
 
+/// Element-wise KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) with standard deviations (cryoSPHERE's
+/// encoder outputs σ = ELU + 1; its segmentation posteriors have Gaussian priors):
+/// `log(σ_p/σ_q) + (σ_q² + (μ_q − μ_p)²)/(2σ_p²) − ½`. Tensors broadcast.
+pub fn gaussian_kl_std(mu_q: &Tensor, std_q: &Tensor, mu_p: &Tensor, std_p: &Tensor) -> Result<Tensor> {
+    let var_p = std_p.sqr()?;
+    let a = std_p.log()?.broadcast_sub(&std_q.log()?)?;
+    let b = std_q.sqr()?.broadcast_add(&mu_q.broadcast_sub(mu_p)?.sqr()?)?.broadcast_div(&(var_p * 2.0)?)?;
+    Ok((a.broadcast_add(&b)? - 0.5)?)
+}
+
 /// Batch mean of the KL summed over latent dimensions (a scalar).
 pub fn kl_loss(mu: &Tensor, logvar: &Tensor) -> Result<Tensor> {
     Ok(gaussian_kl(mu, logvar)?.sum(D::Minus1)?.mean_all()?)

@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cryoforge_nn::loss::{
-    circular_mask, clash_loss, continuity_loss, edge_keep_mask, elastic_loss, gaussian_kl, kl_free_bits,
-    kl_loss, mse_loss, CorrelationLoss, PairList, Schedule,
+    circular_mask, clash_loss, continuity_loss, edge_keep_mask, elastic_loss, gaussian_kl, gaussian_kl_std,
+    kl_free_bits, kl_loss, mse_loss, CorrelationLoss, PairList, Schedule,
 };
 use cryoforge_nn::structure::{clash_pairs, consecutive_pairs, elastic_pairs, pairs_within};
 use rand::{Rng, SeedableRng};
@@ -244,4 +244,22 @@ fn fused_correlation_matches_composed_value_and_gradient() {
     let e = gf.iter().zip(&gc).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
     eprintln!("fused correlation gradient vs composed f64: {e:.2e}");
     assert!(e < 1e-5, "{e}");
+}
+
+#[test]
+fn general_gaussian_kl_closed_form() {
+    let dev = Device::Cpu;
+    let t = |v: &[f64]| Tensor::new(v, &dev).unwrap();
+    // KL(N(1, 2²) ‖ N(0, 1)) = −log 2 + (4 + 1)/2 − ½ = 2 − log 2; equal distributions → 0;
+    // and with σ_p = 1, μ_p = 0 it equals the logvar form.
+    let k: Vec<f64> = gaussian_kl_std(&t(&[1.0, 0.3]), &t(&[2.0, 0.7]), &t(&[0.0, 0.3]), &t(&[1.0, 0.7]))
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!((k[0] - (2.0 - 2f64.ln())).abs() < 1e-12, "{k:?}");
+    assert!(k[1].abs() < 1e-12);
+    let a = gaussian_kl(&t(&[0.4]), &t(&[(1.7f64).powi(2).ln()])).unwrap().to_vec1::<f64>().unwrap();
+    let b =
+        gaussian_kl_std(&t(&[0.4]), &t(&[1.7]), &t(&[0.0]), &t(&[1.0])).unwrap().to_vec1::<f64>().unwrap();
+    assert!((a[0] - b[0]).abs() < 1e-12);
 }
