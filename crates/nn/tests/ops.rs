@@ -1,0 +1,89 @@
+//! Differentiable LayerNorm / softmax: values and finite-difference gradients.
+
+use candle_core::{DType, Device, Tensor, Var};
+use cryoforge_nn::ops::{layer_norm, log_softmax, softmax};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    Tensor::from_vec((0..n).map(|_| r.gen_range(-2.0..2.0)).collect::<Vec<f64>>(), shape, &Device::Cpu)
+        .unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+}
+
+/// Max relative error of the autodiff gradient of Σ w·f(x) vs central differences.
+fn grad_check(f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, seed: u64) -> f64 {
+    let w = rand_t(x.dims(), seed);
+    let v = Var::from_tensor(x).unwrap();
+    let l = (f(v.as_tensor()) * &w).unwrap().sum_all().unwrap();
+    let g = flat(l.backward().unwrap().get(v.as_tensor()).unwrap());
+    let xs = flat(x);
+    let h = 1e-6;
+    let mut worst = 0f64;
+    let scale = g.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for i in 0..xs.len() {
+        let ev = |s: f64| {
+            let mut y = xs.clone();
+            y[i] += s;
+            let t = Tensor::from_vec(y, x.dims(), &Device::Cpu).unwrap();
+            (f(&t) * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let fd = (ev(h) - ev(-h)) / (2.0 * h);
+        worst = worst.max((fd - g[i]).abs() / scale);
+    }
+    worst
+}
+
+#[test]
+fn layer_norm_values_and_gradients() {
+    let x = rand_t(&[3, 5], 1);
+    let gamma = rand_t(&[5], 2);
+    let beta = rand_t(&[5], 3);
+    let y = flat(&layer_norm(&x, Some(&gamma), Some(&beta), 1e-5).unwrap());
+    let xs = flat(&x);
+    let (gs, bs) = (flat(&gamma), flat(&beta));
+    for r in 0..3 {
+        let row = &xs[r * 5..r * 5 + 5];
+        let mu = row.iter().sum::<f64>() / 5.0;
+        let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / 5.0;
+        for c in 0..5 {
+            let want = (row[c] - mu) / (var + 1e-5).sqrt() * gs[c] + bs[c];
+            assert!((y[r * 5 + c] - want).abs() < 1e-12);
+        }
+    }
+    let e = grad_check(&|t| layer_norm(t, Some(&gamma), Some(&beta), 1e-5).unwrap(), &x, 9);
+    eprintln!("layer_norm gradient: max rel err {e:.2e}");
+    assert!(e < 1e-7, "{e}");
+    // Gradients w.r.t. γ and β too.
+    let eg = grad_check(
+        &|g| layer_norm(&x, Some(&g.broadcast_as(5).unwrap()), Some(&beta), 1e-5).unwrap().sum(0).unwrap(),
+        &gamma,
+        10,
+    );
+    assert!(eg < 1e-7, "{eg}");
+}
+
+#[test]
+fn softmax_values_and_gradients() {
+    let x = rand_t(&[4, 6], 5);
+    let s = flat(&softmax(&x).unwrap());
+    let ls = flat(&log_softmax(&x).unwrap());
+    let xs = flat(&x);
+    for r in 0..4 {
+        let row = &xs[r * 6..r * 6 + 6];
+        let z: f64 = row.iter().map(|v| v.exp()).sum();
+        for c in 0..6 {
+            assert!((s[r * 6 + c] - row[c].exp() / z).abs() < 1e-12);
+            assert!((ls[r * 6 + c] - (row[c] - z.ln())).abs() < 1e-12);
+        }
+    }
+    let e = grad_check(&|t| softmax(t).unwrap(), &x, 11);
+    let el = grad_check(&|t| log_softmax(t).unwrap(), &x, 12);
+    eprintln!("softmax gradient: max rel err {e:.2e}; log_softmax {el:.2e}");
+    assert!(e < 1e-7 && el < 1e-7, "{e} {el}");
+}
