@@ -363,11 +363,14 @@ fn renderer_gradients_match_finite_differences() {
     }
 }
 
-/// Throughput of forward + backward for 214 residues at box 128 (run with --ignored,
+/// Throughput of forward + backward for 214 residues at box 128 (CRYOFORGE_SCALE_BENCH=1,
 /// RAYON_NUM_THREADS=1 for one core).
 #[test]
-#[ignore]
 fn bench_render_forward_backward() {
+    if std::env::var("CRYOFORGE_SCALE_BENCH").ok().as_deref() != Some("1") {
+        eprintln!("SKIP bench_render_forward_backward: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
+        return;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (d, apix, b) = (128usize, 1.0, 16usize);
     let (c, a) = random_model(214, 25.0, 2);
@@ -422,10 +425,13 @@ fn bench_render_forward_backward() {
     }
 }
 
-/// Where the time goes (run with --ignored --nocapture).
+/// Where the time goes (CRYOFORGE_SCALE_BENCH=1, --nocapture).
 #[test]
-#[ignore]
 fn profile_render_stages() {
+    if std::env::var("CRYOFORGE_SCALE_BENCH").ok().as_deref() != Some("1") {
+        eprintln!("SKIP profile_render_stages: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
+        return;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (d, apix, b) = (128usize, 1.0, 16usize);
     let (c, a) = random_model(214, 25.0, 2);
@@ -471,8 +477,11 @@ fn profile_render_stages() {
 }
 
 #[test]
-#[ignore]
 fn profile_matmul_shapes() {
+    if std::env::var("CRYOFORGE_SCALE_BENCH").ok().as_deref() != Some("1") {
+        eprintln!("SKIP profile_matmul_shapes: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
+        return;
+    }
     let dev = Device::Cpu;
     let time = |name: &str, f: &dyn Fn()| {
         f();
