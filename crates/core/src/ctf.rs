@@ -178,6 +178,9 @@ pub fn ctf_grid_rfft(p: &CtfParams, d: usize, apix_a: f64, out: &mut [f32]) {
 #[derive(Debug, Clone)]
 pub struct CtfGrid {
     d: usize,
+    /// The full centred D×D grid (D even): the CTF is even, CTF(−k) = CTF(k), so only the
+    /// rows k_y ≤ 0 are evaluated and the rest mirrored.
+    centred: bool,
     s2: Vec<f64>,
     cos2a: Vec<f64>,
     sin2a: Vec<f64>,
@@ -204,7 +207,7 @@ impl CtfGrid {
 
     fn from_indices(d: usize, apix_a: f64, ks: impl Iterator<Item = (isize, isize)>) -> CtfGrid {
         let inv = 1.0 / (d as f64 * apix_a);
-        let mut g = CtfGrid { d, s2: Vec::new(), cos2a: Vec::new(), sin2a: Vec::new() };
+        let mut g = CtfGrid { d, centred: false, s2: Vec::new(), cos2a: Vec::new(), sin2a: Vec::new() };
         for (kx, ky) in ks {
             let (sx, sy) = (kx as f64 * inv, ky as f64 * inv);
             let a = sy.atan2(sx);
@@ -231,12 +234,31 @@ impl CtfGrid {
     /// Fill `out` (one value per grid point) with the CTF of `p`.
     pub fn fill(&self, p: &CtfParams, out: &mut [f32]) {
         assert_eq!(out.len(), self.len(), "CtfGrid::fill: output length must match the grid");
+        if !self.centred {
+            self.fill_range(p, 0..self.len(), out);
+            return;
+        }
+        // Rows 0..=D/2 hold k_y ≤ 0; row r > D/2 is the mirror of row D − r (columns c ≥ 1
+        // mirror to D − c; column 0, kₓ = −D/2, has no mirror inside the grid).
+        let d = self.d;
+        let h = d / 2;
+        self.fill_range(p, 0..(h + 1) * d, out);
+        for r in h + 1..d {
+            let m = d - r;
+            for c in 1..d {
+                out[r * d + c] = out[m * d + (d - c)];
+            }
+            self.fill_range(p, r * d..r * d + 1, out);
+        }
+    }
+
+    fn fill_range(&self, p: &CtfParams, range: std::ops::Range<usize>, out: &mut [f32]) {
         let e = p.evaluator();
         let (c2, s2a) = ((2.0 * e.df_ang).cos(), (2.0 * e.df_ang).sin());
         let l = e.lambda;
         let k1 = -std::f64::consts::PI * l;
         let k2 = 0.5 * std::f64::consts::PI * e.cs_a * l * l * l;
-        for (i, o) in out.iter_mut().enumerate() {
+        for i in range {
             let s2 = self.s2[i];
             // cos(2(α − ang)) = cos2α·cos2ang + sin2α·sin2ang
             let df = e.df_mean + e.df_diff * (self.cos2a[i] * c2 + self.sin2a[i] * s2a);
@@ -246,7 +268,7 @@ impl CtfGrid {
             if e.bfactor != 0.0 {
                 v *= (-e.bfactor * s2 / 4.0).exp();
             }
-            *o = (v * e.scale) as f32;
+            out[i] = (v * e.scale) as f32;
         }
     }
 }

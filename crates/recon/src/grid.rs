@@ -213,7 +213,9 @@ impl Accumulator {
                 let ky = signed(y);
                 for x in 0..nh {
                     let r = (x as f64 * x as f64 + ky * ky + kz * kz).sqrt() / s;
-                    if r > nyq {
+                    // Keep the whole FSC Nyquist shell (round(|q|) = D/2): trilinear spreading of
+                    // samples at |k| = D/2 reaches voxels up to half a voxel beyond it.
+                    if r > nyq + 0.5 {
                         continue;
                     }
                     let i = (z * np + y) * nh + x;

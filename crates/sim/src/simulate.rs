@@ -23,6 +23,8 @@ use cryoforge_core::{CtfParams, Rot3};
 use cryoforge_io::mrc::MrcStackWriter;
 use cryoforge_io::pdb::{anchor_atoms, Model};
 use cryoforge_io::stack::Pose;
+use rand::Rng;
+use rand_distr::StandardNormal;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -324,7 +326,8 @@ pub fn simulate(
         if sigma > 0.0 {
             out.par_chunks_mut(d * d).enumerate().for_each(|(j, img)| {
                 let mut r = particle_rng(s.seed, (start + j) as u64, RNG_NOISE);
-                img.iter_mut().for_each(|v| *v += (sigma * normal(&mut r)) as f32);
+                let sg = sigma as f32;
+                img.iter_mut().for_each(|v| *v += sg * r.sample::<f32, _>(StandardNormal));
             });
         }
     };
