@@ -15,9 +15,7 @@ use crate::elements::Element;
 use crate::error::SimError;
 use crate::gaussian_image::{GaussianImageWork, GaussianImager};
 use crate::project::{Projector, ProjectorWork, DEFAULT_PAD};
-use crate::sampling::{
-    normal, particle_rng, sample_shift_a, sample_weighted, CtfDistribution, PoseDistribution,
-};
+use crate::sampling::{particle_rng, sample_shift_a, sample_weighted, CtfDistribution, PoseDistribution};
 use cryoforge_core::ctf::CtfGrid;
 use cryoforge_core::{CtfParams, Rot3};
 use cryoforge_io::mrc::MrcStackWriter;
