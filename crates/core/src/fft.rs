@@ -163,7 +163,9 @@ impl Fft2 {
 pub struct Rfft2 {
     d: usize,
     r2c: Arc<dyn realfft::RealToComplex<f32>>,
+    c2r: Arc<dyn realfft::ComplexToReal<f32>>,
     fwd: Arc<dyn Fft<f32>>,
+    inv: Arc<dyn Fft<f32>>,
 }
 
 /// Per-thread scratch for [`Rfft2`].
@@ -172,15 +174,18 @@ pub struct Rfft2Work {
     row_out: Vec<C32>,
     col: Vec<C32>,
     rscratch: Vec<C32>,
+    iscratch: Vec<C32>,
     cscratch: Vec<C32>,
 }
 
 impl Rfft2 {
     pub fn new(d: usize) -> Rfft2 {
         assert!(d.is_multiple_of(2) && d > 0, "Rfft2 needs an even size");
-        let r2c = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(d);
-        let fwd = FftPlanner::<f32>::new().plan_fft_forward(d);
-        Rfft2 { d, r2c, fwd }
+        let mut rp = realfft::RealFftPlanner::<f32>::new();
+        let mut cp = FftPlanner::<f32>::new();
+        let (r2c, c2r) = (rp.plan_fft_forward(d), rp.plan_fft_inverse(d));
+        let (fwd, inv) = (cp.plan_fft_forward(d), cp.plan_fft_inverse(d));
+        Rfft2 { d, r2c, c2r, fwd, inv }
     }
 
     pub fn size(&self) -> usize {
@@ -193,7 +198,11 @@ impl Rfft2 {
             row_out: vec![C32::default(); self.d / 2 + 1],
             col: vec![C32::default(); self.d],
             rscratch: self.r2c.make_scratch_vec(),
-            cscratch: vec![C32::default(); self.fwd.get_inplace_scratch_len()],
+            iscratch: self.c2r.make_scratch_vec(),
+            cscratch: vec![
+                C32::default();
+                self.fwd.get_inplace_scratch_len().max(self.inv.get_inplace_scratch_len())
+            ],
         }
     }
 
@@ -228,6 +237,49 @@ impl Rfft2 {
             for y in 0..d {
                 out[y * nh + c] = w.col[y];
             }
+        }
+    }
+}
+
+impl Rfft2 {
+    /// Inverse of [`Rfft2::forward`] (divides by D²): the half-plane spectrum `half`
+    /// (overwritten) to the real D×D image `out` with its origin at pixel D/2.
+    pub fn inverse(&self, w: &mut Rfft2Work, half: &mut [C32], out: &mut [f32]) {
+        let (d, nh) = (self.d, self.d / 2 + 1);
+        assert!(half.len() == d * nh && out.len() == d * d, "Rfft2::inverse: wrong sizes");
+        for c in 0..nh {
+            for y in 0..d {
+                w.col[y] = half[y * nh + c];
+            }
+            self.inv.process_with_scratch(&mut w.col, &mut w.cscratch);
+            for y in 0..d {
+                half[y * nh + c] = w.col[y];
+            }
+        }
+        let norm = 1.0 / (d * d) as f32;
+        for y in 0..d {
+            w.row_out.copy_from_slice(&half[y * nh..(y + 1) * nh]);
+            // The DC and Nyquist columns of a real image are real; drop rounding residue.
+            w.row_out[0].im = 0.0;
+            w.row_out[nh - 1].im = 0.0;
+            let _ = self.c2r.process_with_scratch(&mut w.row_out, &mut w.row, &mut w.iscratch);
+            let dst = &mut out[fftshift_index(y, d) * d..][..d];
+            for (x, v) in dst.iter_mut().enumerate() {
+                *v = w.row[fftshift_index(x, d)] * norm;
+            }
+        }
+    }
+
+    /// The half-plane layout of a centred D×D spectrum (Friedel-completed at kₓ = D/2).
+    pub fn half_from_centred(&self, full: &[C32], half: &mut [C32]) {
+        let (d, h) = (self.d, self.d / 2);
+        let nh = h + 1;
+        for r in 0..d {
+            let ky = self.row_freq(r);
+            let fr = (ky + h as isize) as usize;
+            half[r * nh..r * nh + h].copy_from_slice(&full[fr * d + h..fr * d + d]);
+            let mr = if ky == -(h as isize) { 0 } else { (h as isize - ky) as usize };
+            half[r * nh + h] = full[mr * d].conj();
         }
     }
 }
@@ -489,6 +541,24 @@ mod tests {
                     assert!((a - b).norm() < 1e-4, "r={r} c={c}: {a} vs {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn half_plane_inverse_matches_full_inverse() {
+        let d = 12;
+        let mut s = 13u64;
+        let x: Vec<f32> = (0..d * d).map(|_| lcg(&mut s)).collect();
+        let (f, h) = (Fft2::new(d), Rfft2::new(d));
+        let (mut wf, mut wh) = (f.work(), h.work());
+        let mut full = vec![C32::default(); d * d];
+        f.forward_real(&mut wf, &x, &mut full);
+        let mut half = vec![C32::default(); d * (d / 2 + 1)];
+        h.half_from_centred(&full, &mut half);
+        let mut back = vec![0f32; d * d];
+        h.inverse(&mut wh, &mut half, &mut back);
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }
 

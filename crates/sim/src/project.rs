@@ -80,6 +80,8 @@ pub struct ProjectorWork {
     ramp_x: Vec<C32>,
     ramp_y: Vec<C32>,
     fft: Fft2Work,
+    /// Real-output inverse for even boxes (half the work of the complex one).
+    half: Option<(cryoforge_core::fft::Rfft2, cryoforge_core::fft::Rfft2Work, Vec<C32>)>,
 }
 
 impl Projector {
@@ -141,6 +143,11 @@ impl Projector {
             ramp_x: vec![C32::default(); d],
             ramp_y: vec![C32::default(); d],
             fft: self.fft.work(),
+            half: (d % 2 == 0).then(|| {
+                let r = cryoforge_core::fft::Rfft2::new(d);
+                let w = r.work();
+                (r, w, vec![C32::default(); d * (d / 2 + 1)])
+            }),
         }
     }
 
@@ -262,7 +269,13 @@ impl Projector {
                 }
             }
         }
-        self.fft.inverse_real(&mut work.fft, &work.spec, out);
+        match work.half.as_mut() {
+            Some((r, w, half)) => {
+                r.half_from_centred(&work.spec, half);
+                r.inverse(w, half, out);
+            }
+            None => self.fft.inverse_real(&mut work.fft, &work.spec, out),
+        }
         Ok(())
     }
 }

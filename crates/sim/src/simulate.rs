@@ -317,8 +317,15 @@ pub fn simulate(
     let pilot = n.min(PILOT);
     let mut pilot_imgs = vec![0f32; pilot * d * d];
     render_batch(0, &mut pilot_imgs)?;
-    let m = pilot_imgs.iter().map(|&v| v as f64).sum::<f64>() / pilot_imgs.len() as f64;
-    let var = pilot_imgs.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / pilot_imgs.len() as f64;
+    // Per-image sums in parallel, added in image order (deterministic).
+    let sums: Vec<(f64, f64)> = pilot_imgs
+        .par_chunks(d * d)
+        .map(|im| im.iter().fold((0.0, 0.0), |(a, b), &v| (a + v as f64, b + (v as f64) * (v as f64))))
+        .collect();
+    let (s1, s2) = sums.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let cnt = pilot_imgs.len() as f64;
+    let m = s1 / cnt;
+    let var = (s2 / cnt - m * m).max(0.0);
     let sigma = if s.snr.is_finite() && s.snr > 0.0 { (var / s.snr).sqrt() } else { 0.0 };
     let add_noise = |start: usize, out: &mut [f32]| {
         if sigma > 0.0 {
@@ -341,15 +348,32 @@ pub fn simulate(
         progress(done);
     }
     drop(pilot_imgs);
-    let mut buf = vec![0f32; bs * d * d];
-    for start in (pilot..n).step_by(bs) {
-        let k = bs.min(n - start);
-        let slice = &mut buf[..k * d * d];
-        render_batch(start, slice)?;
-        add_noise(start, slice);
-        writer.push_batch(slice).map_err(|e| SimError::Input(e.to_string()))?;
+    // Double-buffered: batch i is written while batch i + 1 renders.
+    let dd = d * d;
+    let batches: Vec<(usize, usize)> = (pilot..n).step_by(bs).map(|st| (st, bs.min(n - st))).collect();
+    let (mut cur, mut nxt) = (vec![0f32; bs * dd], vec![0f32; bs * dd]);
+    let render_noisy = |start: usize, out: &mut [f32]| -> Result<(), SimError> {
+        render_batch(start, out)?;
+        add_noise(start, out);
+        Ok(())
+    };
+    if let Some(&(st, k)) = batches.first() {
+        render_noisy(st, &mut cur[..k * dd])?;
+    }
+    for (i, &(_, k)) in batches.iter().enumerate() {
+        let next = batches.get(i + 1).copied();
+        let (written, rendered) = rayon::join(
+            || writer.push_batch(&cur[..k * dd]).map_err(|e| SimError::Input(e.to_string())),
+            || match next {
+                Some((st, k2)) => render_noisy(st, &mut nxt[..k2 * dd]),
+                None => Ok(()),
+            },
+        );
+        written?;
+        rendered?;
         done += k;
         progress(done);
+        std::mem::swap(&mut cur, &mut nxt);
     }
     Ok(SimOutput { truth, signal_variance: var, noise_sigma: sigma })
 }
