@@ -143,7 +143,7 @@ impl Projector {
             ramp_x: vec![C32::default(); d],
             ramp_y: vec![C32::default(); d],
             fft: self.fft.work(),
-            half: (d % 2 == 0).then(|| {
+            half: d.is_multiple_of(2).then(|| {
                 let r = cryoforge_core::fft::Rfft2::new(d);
                 let w = r.work();
                 (r, w, vec![C32::default(); d * (d / 2 + 1)])
