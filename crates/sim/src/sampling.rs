@@ -177,14 +177,6 @@ pub fn sample_weighted(rng: &mut ChaCha8Rng, cumulative: &[f64]) -> usize {
     cumulative.partition_point(|&c| c <= u).min(cumulative.len().saturating_sub(1))
 }
 
-/// Standard normal via Box–Muller (one value per call; deterministic per stream).
-#[inline]
-pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.gen::<f64>().max(1e-300);
-    let u2: f64 = rng.gen();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
