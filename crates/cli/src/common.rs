@@ -10,9 +10,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The final line of a command: where the results are. Printed even with --quiet.
+    /// The final line of a command: where the results are. Printed even with --quiet, on
+    /// stderr, so that stdout carries only machine-readable output (`--json`).
     pub fn done(&self, msg: impl AsRef<str>) {
-        println!("{}", msg.as_ref());
+        eprintln!("{}", msg.as_ref());
     }
     /// A progress bar (hidden with --quiet or when stderr is not a terminal).
     pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {

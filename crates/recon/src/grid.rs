@@ -23,7 +23,7 @@ pub const GRIDDING_FLOOR: f64 = 1e-2;
 
 /// One stored frequency: Σ weighted values (re, im) and Σ weights, interleaved so that a
 /// trilinear corner touches one cache line.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Cell {
     pub re: f32,
@@ -31,10 +31,48 @@ pub struct Cell {
     pub w: f32,
 }
 
+/// Zeroed cell storage from an anonymous mapping, advised to use transparent huge pages:
+/// each inserted point touches 2–4 rows of the grid hundreds of kB apart, and with 4 kB
+/// pages insertion is bound by TLB misses (BENCHMARKS.md §2).
+pub struct CellStore {
+    map: memmap2::MmapMut,
+}
+
+impl CellStore {
+    fn zeroed(len: usize) -> CellStore {
+        let bytes = len.max(1) * std::mem::size_of::<Cell>();
+        // An anonymous mapping only fails when the address space or memory is exhausted,
+        // which is the same condition under which `vec!` aborts.
+        let map = memmap2::MmapMut::map_anon(bytes)
+            .unwrap_or_else(|e| panic!("cannot allocate {bytes} bytes for a reconstruction grid: {e}"));
+        #[cfg(target_os = "linux")]
+        {
+            // Only a hint: without huge pages the grid is just slower.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        CellStore { map }
+    }
+}
+
+impl std::ops::Deref for CellStore {
+    type Target = [Cell];
+    fn deref(&self) -> &[Cell] {
+        let n = self.map.len() / std::mem::size_of::<Cell>();
+        &bytemuck::cast_slice(&self.map[..])[..n]
+    }
+}
+
+impl std::ops::DerefMut for CellStore {
+    fn deref_mut(&mut self) -> &mut [Cell] {
+        let n = self.map.len() / std::mem::size_of::<Cell>();
+        &mut bytemuck::cast_slice_mut(&mut self.map[..])[..n]
+    }
+}
+
 /// Numerator and weight grids of one (half-)reconstruction.
 pub struct Accumulator {
     /// `[k_z mod N][k_y mod N][kₓ = 0..=N/2]`.
-    pub cells: Vec<Cell>,
+    pub cells: CellStore,
     np: usize,
     /// Image box D.
     pub d: usize,
@@ -45,7 +83,13 @@ impl Accumulator {
     pub fn new(d: usize, pad: f64) -> Accumulator {
         let np = padded_size(d, pad);
         let len = np * np * (np / 2 + 1);
-        Accumulator { cells: vec![Cell::default(); len], np, d }
+        Accumulator { cells: CellStore::zeroed(len), np, d }
+    }
+
+    /// Bytes of the grid [`Accumulator::new`] allocates.
+    pub fn bytes(d: usize, pad: f64) -> usize {
+        let np = padded_size(d, pad);
+        np * np * (np / 2 + 1) * std::mem::size_of::<Cell>()
     }
 
     pub fn np(&self) -> usize {
@@ -57,15 +101,34 @@ impl Accumulator {
     #[inline]
     pub fn spread(&mut self, q: [f64; 3], v: C32, w: f32) {
         let (q, v) = if q[0] < 0.0 { ([-q[0], -q[1], -q[2]], v.conj()) } else { (q, v) };
-        let np = self.np as isize;
+        let np = self.np as i64;
         let nh = self.np / 2 + 1;
-        let (x0, y0, z0) = (q[0].floor(), q[1].floor(), q[2].floor());
-        let (fx, fy, fz) = ((q[0] - x0) as f32, (q[1] - y0) as f32, (q[2] - z0) as f32);
+        // floor without a libm call or a division (this is the innermost loop of a
+        // reconstruction): truncate, then step down for negative non-integers.
+        let floor = |t: f64| -> i64 {
+            let i = t as i64;
+            if (i as f64) > t {
+                i - 1
+            } else {
+                i
+            }
+        };
+        let (x0, y0, z0) = (floor(q[0]), floor(q[1]), floor(q[2]));
+        let (fx, fy, fz) = ((q[0] - x0 as f64) as f32, (q[1] - y0 as f64) as f32, (q[2] - z0 as f64) as f32);
         let xmax = self.np / 2;
-        let xa = (x0 as usize).min(xmax);
+        let xa = (x0.max(0) as usize).min(xmax);
         let xb = (xa + 1).min(xmax);
-        let wrap = |v: f64| (v as isize).rem_euclid(np) as usize;
-        let (ya, yb, za, zb) = (wrap(y0), wrap(y0 + 1.0), wrap(z0), wrap(z0 + 1.0));
+        // |q| ≤ N/2 for inserted points, so one conditional add/subtract wraps an index.
+        let wrap = |i: i64| -> usize {
+            (if i < 0 {
+                i + np
+            } else if i >= np {
+                i - np
+            } else {
+                i
+            }) as usize
+        };
+        let (ya, yb, za, zb) = (wrap(y0), wrap(y0 + 1), wrap(z0), wrap(z0 + 1));
         let row = |y: usize, z: usize| (z * self.np + y) * nh;
         let (gx, gy, gz) = (1.0 - fx, 1.0 - fy, 1.0 - fz);
         let cells = [

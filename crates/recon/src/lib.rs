@@ -11,5 +11,5 @@ pub mod reconstruct;
 
 pub use grid::{padded_size, Accumulator};
 pub use reconstruct::{
-    reconstruct, CtfCorrection, HalfSplit, ReconConfig, ReconError, Reconstruction, Regularisation,
+    reconstruct, CtfCorrection, HalfSplit, ReconConfig, ReconError, Reconstruction, Regularisation, Window,
 };

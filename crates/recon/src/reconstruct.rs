@@ -62,6 +62,47 @@ pub struct ReconConfig {
     pub invert: bool,
     /// Tikhonov constant of the first SSNR pass (relative to the mean weight).
     pub initial_tikhonov: f64,
+    /// Upper bound on the memory of the insertion grids (one padded half-spectrum grid per
+    /// worker lane, at least two lanes): more threads than fit share fewer lanes.
+    pub max_grid_bytes: usize,
+    /// Real-space window applied to the half maps and the map (and so to the FSC):
+    /// `None` leaves the maps unwindowed.
+    pub window: Option<Window>,
+}
+
+/// A soft spherical real-space window, as cryoSPARC applies to its reconstructions:
+/// 1 inside `inner`, a raised cosine down to 0 at `outer`, both fractions of the half box
+/// (cryoSPARC's defaults: 0.85 and 0.99). It removes the solvent noise of the box corners,
+/// which carry no signal for a particle that fits the box; see BENCHMARKS.md §2.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub inner: f64,
+    pub outer: f64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window { inner: 0.85, outer: 0.99 }
+    }
+}
+
+impl Window {
+    /// Check 0 < inner ≤ outer ≤ √3 (beyond √3 of the half box nothing is left to window).
+    pub fn validate(&self) -> Result<(), ReconError> {
+        if !(self.inner > 0.0 && self.inner <= self.outer && self.outer <= 3f64.sqrt()) {
+            return Err(ReconError::Input(format!(
+                "window inner {} / outer {} must satisfy 0 < inner ≤ outer ≤ 1.732 (fractions of the half box)",
+                self.inner, self.outer
+            )));
+        }
+        Ok(())
+    }
+
+    /// The window as an n³ volume.
+    pub fn volume(&self, n: usize) -> Vec<f32> {
+        let h = n as f64 / 2.0;
+        cryoforge_core::filter::spherical_mask(n, self.inner * h, (self.outer - self.inner) * h)
+    }
 }
 
 impl Default for ReconConfig {
@@ -74,6 +115,8 @@ impl Default for ReconConfig {
             symmetry: "C1".into(),
             invert: false,
             initial_tikhonov: 1e-2,
+            window: Some(Window::default()),
+            max_grid_bytes: 4 << 30,
         }
     }
 }
@@ -139,6 +182,9 @@ pub fn reconstruct(
     if d < 4 {
         return Err(ReconError::Input(format!("box of {d} px is too small to reconstruct")));
     }
+    if let Some(w) = &cfg.window {
+        w.validate()?;
+    }
     let poses = s.poses.as_ref().ok_or_else(|| {
         ReconError::Input(format!(
             "{}: the particles have no poses (give --poses or a refined STAR/.cs)",
@@ -164,22 +210,37 @@ pub fn reconstruct(
     }
 
     let t0 = std::time::Instant::now();
-    let lanes = rayon::current_num_threads().clamp(1, s.len());
-    let chunk = s.len().div_ceil(lanes);
-    let done = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
     if d % 2 == 1 {
         return Err(ReconError::Input(format!("box of {d} px: reconstruction needs an even box")));
     }
+    // Each lane owns the accumulator of one half set and inserts a contiguous run of that
+    // half's particles; lanes are split evenly between the halves (at least one each), and
+    // capped so that the grids stay within `cfg.max_grid_bytes`.
+    let grid_bytes = Accumulator::bytes(d, cfg.pad);
+    let by_mem = (cfg.max_grid_bytes / grid_bytes.max(1)).max(2);
+    let lanes = rayon::current_num_threads().max(2).min(by_mem);
+    let idx: [Vec<usize>; 2] = [
+        (0..s.len()).filter(|&i| halves[i] == 0).collect(),
+        (0..s.len()).filter(|&i| halves[i] == 1).collect(),
+    ];
+    let lanes_a = lanes / 2;
+    let jobs: Vec<(usize, &[usize])> = [(0usize, lanes_a), (1, lanes - lanes_a)]
+        .into_iter()
+        .flat_map(|(h, k)| {
+            let chunk = idx[h].len().div_ceil(k).max(1);
+            idx[h].chunks(chunk).map(move |c| (h, c))
+        })
+        .collect();
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
     let fft = Rfft2::new(d);
     let grid = CtfGrid::new_half(d, apix);
-    let parts: Vec<Result<[Accumulator; 2], ReconError>> = (0..lanes)
+    let parts: Vec<Result<(usize, Accumulator), ReconError>> = jobs
         .into_par_iter()
-        .map(|lane| {
-            let mut acc = [Accumulator::new(d, cfg.pad), Accumulator::new(d, cfg.pad)];
+        .map(|(h, members)| {
+            let mut acc = Accumulator::new(d, cfg.pad);
             let mut lw = LaneWork::new(d, &fft);
-            let end = ((lane + 1) * chunk).min(s.len());
-            for i in lane * chunk..end {
+            for &i in members {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -190,23 +251,28 @@ pub fn reconstruct(
                 }
                 for g in &ops {
                     let rot = poses[i].rot.compose(g);
-                    acc[halves[i] as usize].insert(&rot.0, &lw.values, &lw.weights);
+                    acc.insert(&rot.0, &lw.values, &lw.weights);
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_multiple_of(64) || n == s.len() {
                     progress(n);
                 }
             }
-            Ok(acc)
+            Ok((h, acc))
         })
         .collect();
-    let mut it = parts.into_iter();
-    let mut acc = it.next().ok_or_else(|| ReconError::Input("no particles".into()))??;
-    for p in it {
-        let p = p?;
-        acc[0].add(&p[0]);
-        acc[1].add(&p[1]);
+    let mut halves_acc: [Option<Accumulator>; 2] = [None, None];
+    for p in parts {
+        let (h, a) = p?;
+        match &mut halves_acc[h] {
+            Some(acc) => acc.add(&a),
+            slot => *slot = Some(a),
+        }
     }
+    let [Some(a0), Some(a1)] = halves_acc else {
+        return Err(ReconError::Input("a half set is empty".into()));
+    };
+    let mut acc = [a0, a1];
     acc[0].complete();
     acc[1].complete();
     tracing::info!("inserted {} particles in {:.2} s", s.len(), t0.elapsed().as_secs_f64());
@@ -322,10 +388,19 @@ fn finish(
     cfg: &ReconConfig,
     n_half: [usize; 2],
 ) -> Result<Reconstruction, ReconError> {
+    let window = cfg.window.map(|w| w.volume(d));
+    // Every map leaves here windowed (when a window is set), and every FSC is of windowed maps.
+    let to_map = |acc: &Accumulator, lam: &[f64]| -> Vec<f32> {
+        let mut m = acc.to_map(lam);
+        if let Some(w) = &window {
+            m.iter_mut().zip(w).for_each(|(v, w)| *v *= w);
+        }
+        m
+    };
     let (lam_a, lam_b, mut fsc) = match cfg.regularisation {
         Regularisation::Tikhonov(c) => {
             let (la, lb) = (tikhonov_lambda(&acc[0], c), tikhonov_lambda(&acc[1], c));
-            let (a, b) = (acc[0].to_map(&la), acc[1].to_map(&lb));
+            let (a, b) = (to_map(&acc[0], &la), to_map(&acc[1], &lb));
             (la, lb, fsc_volumes(&a, &b, d, apix))
         }
         Regularisation::Ssnr { iterations } => {
@@ -333,17 +408,17 @@ fn finish(
                 tikhonov_lambda(&acc[0], cfg.initial_tikhonov),
                 tikhonov_lambda(&acc[1], cfg.initial_tikhonov),
             );
-            let mut fsc = fsc_volumes(&acc[0].to_map(&la), &acc[1].to_map(&lb), d, apix);
+            let mut fsc = fsc_volumes(&to_map(&acc[0], &la), &to_map(&acc[1], &lb), d, apix);
             for _ in 0..iterations {
                 la = ssnr_lambda(&acc[0], &fsc, 1.0);
                 lb = ssnr_lambda(&acc[1], &fsc, 1.0);
-                fsc = fsc_volumes(&acc[0].to_map(&la), &acc[1].to_map(&lb), d, apix);
+                fsc = fsc_volumes(&to_map(&acc[0], &la), &to_map(&acc[1], &lb), d, apix);
             }
             (la, lb, fsc)
         }
     };
-    let half_a = acc[0].to_map(&lam_a);
-    let half_b = acc[1].to_map(&lam_b);
+    let half_a = to_map(&acc[0], &lam_a);
+    let half_b = to_map(&acc[1], &lam_b);
     if matches!(cfg.regularisation, Regularisation::Ssnr { .. }) {
         fsc = fsc_volumes(&half_a, &half_b, d, apix);
     }
@@ -353,11 +428,34 @@ fn finish(
         Regularisation::Tikhonov(c) => tikhonov_lambda(&a, c),
         Regularisation::Ssnr { .. } => ssnr_lambda(&a, &fsc, 2.0),
     };
-    let map = a.to_map(&lam_full);
+    let map = to_map(&a, &lam_full);
     Ok(Reconstruction { d, apix_a: apix, map, half_a, half_b, fsc, n_half })
 }
 
 /// Rotation of a pose composed with a symmetry operator (exposed for tests).
 pub fn symmetric_pose(a: &Rot3, g: &Rot3) -> Rot3 {
     a.compose(g)
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::Window;
+
+    #[test]
+    fn window_is_one_inside_zero_outside_and_validated() {
+        let n = 32;
+        let w = Window::default().volume(n);
+        let at = |z: usize, y: usize, x: usize| w[(z * n + y) * n + x];
+        assert_eq!(at(16, 16, 16), 1.0);
+        // 0.85 · 16 = 13.6 px: still inside; the box corner and the face centre (16 px ≥ 0.99·16) are out.
+        assert_eq!(at(16, 16, 16 + 13), 1.0);
+        assert_eq!(at(0, 0, 0), 0.0);
+        assert_eq!(at(16, 16, 0), 0.0);
+        let edge = at(16, 16, 16 + 15);
+        assert!(edge > 0.0 && edge < 1.0, "{edge}");
+        assert!(Window { inner: 0.9, outer: 0.8 }.validate().is_err());
+        assert!(Window { inner: 0.0, outer: 0.8 }.validate().is_err());
+        assert!(Window { inner: 0.5, outer: 2.0 }.validate().is_err());
+        assert!(Window::default().validate().is_ok());
+    }
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use cryoforge_core::filter::{bfactor_volume, lowpass_volume, spherical_mask, Edge};
 use cryoforge_core::fsc::{fsc_volumes, FscCurve};
 use cryoforge_io::mrc::{self, MrcFile};
-use cryoforge_recon::{reconstruct, CtfCorrection, HalfSplit, ReconConfig, Regularisation};
+use cryoforge_recon::{reconstruct, CtfCorrection, HalfSplit, ReconConfig, Regularisation, Window};
 use cryoforge_report::{line_plot_png, LinePlot, Series};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,12 @@ pub struct Args {
     /// Apply a B-factor (Å²) to the final map (negative sharpens).
     #[arg(long, value_name = "A2")]
     pub bfactor: Option<f64>,
+    /// Soft spherical real-space window on the half maps and the map, as fractions of the
+    /// half box: INNER,OUTER (1 inside INNER, raised cosine to 0 at OUTER; cryoSPARC's
+    /// defaults), or `none`. It removes the noise of the box corners, where a particle that
+    /// fits the box has no density; the unmasked FSC is that of the windowed half maps.
+    #[arg(long, default_value = "0.85,0.99", value_name = "INNER,OUTER|none")]
+    pub window: String,
     /// Mask for the masked FSC (MRC, same box); default: a soft sphere of 0.45·box.
     #[arg(long, value_name = "MRC")]
     pub mask: Option<PathBuf>,
@@ -106,6 +112,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         half_split: if a.half_split == "star" { HalfSplit::Star } else { HalfSplit::Random { seed: a.seed } },
         symmetry: a.symmetry.clone(),
         invert: a.invert,
+        window: parse_window(&a.window)?,
         ..Default::default()
     };
     ensure_dir(&a.out)?;
@@ -140,6 +147,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         "regularisation": a.reg,
         "half_split": a.half_split,
         "seed": a.seed,
+        "window": cfg.window.map(|w| [w.inner, w.outer]),
         "resolution_0.143_unmasked_A": r.fsc.resolution_at(0.143),
         "resolution_0.143_masked_A": fsc_masked.resolution_at(0.143),
         "resolution_0.5_vs_reference_A": fsc_ref.as_ref().map(|f| f.resolution_at(0.5)),
@@ -158,6 +166,25 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         a.out.display()
     ));
     Ok(())
+}
+
+fn parse_window(s: &str) -> Result<Option<Window>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let num = |t: &str| -> Result<f64> {
+        t.parse::<f64>()
+            .with_context(|| format!("--window {s:?}: {t:?} is not a number (expected INNER,OUTER or none)"))
+    };
+    match parts.as_slice() {
+        [i, o] => {
+            let w = Window { inner: num(i)?, outer: num(o)? };
+            w.validate().map_err(|e| anyhow::anyhow!("--window {s:?}: {e}"))?;
+            Ok(Some(w))
+        }
+        _ => bail!("--window {s:?}: expected INNER,OUTER (e.g. 0.85,0.99) or none"),
+    }
 }
 
 fn write_fsc_csv(path: &Path, un: &FscCurve, masked: &FscCurve, reference: Option<&FscCurve>) -> Result<()> {
