@@ -51,6 +51,8 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
     if let Some(t) = cli.threads {
+        // candle's CPU kernels size their work split from RAYON_NUM_THREADS; still single-threaded here.
+        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global() {
             eprintln!("warning: could not set the thread count: {e}");
         }

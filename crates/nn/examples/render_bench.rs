@@ -111,7 +111,12 @@ fn run(o: &Opts) -> cryoforge_nn::Result<()> {
     let ctfs: Vec<CtfParams> = (0..b)
         .map(|_| {
             let df = rng.gen_range(10000.0..25000.0);
-            CtfParams { defocus_u_a: df, defocus_v_a: df - 300.0, defocus_angle_deg: 30.0, ..Default::default() }
+            CtfParams {
+                defocus_u_a: df,
+                defocus_v_a: df - 300.0,
+                defocus_angle_deg: 30.0,
+                ..Default::default()
+            }
         })
         .collect();
     let transfer = ren.ctf_transfer(&ctfs)?;
@@ -144,7 +149,8 @@ fn run(o: &Opts) -> cryoforge_nn::Result<()> {
         Ok(l.to_dtype(DType::F32)?.to_scalar::<f32>()?)
     };
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    let paths: [(&str, &dyn Fn() -> cryoforge_nn::Result<f32>); 2] = [("fourier", &fourier), ("image", &image)];
+    let paths: [(&str, &dyn Fn() -> cryoforge_nn::Result<f32>); 2] =
+        [("fourier", &fourier), ("image", &image)];
     for (name, f) in paths {
         f()?; // warm-up
         let t0 = std::time::Instant::now();

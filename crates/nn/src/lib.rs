@@ -72,3 +72,25 @@ impl NnError {
 }
 
 pub type Result<T> = std::result::Result<T, NnError>;
+
+/// The compute device named by a `--device` option: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+/// CUDA needs a build with the `cuda` cargo feature (`cargo build --release --features
+/// cuda`, nvcc at build time); without it the error says so.
+pub fn parse_device(spec: &str) -> Result<candle_core::Device> {
+    let s = spec.trim().to_ascii_lowercase();
+    let ordinal = match s.as_str() {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" | "gpu" => 0,
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => return Err(NnError::msg(format!("--device {spec:?}: expected cpu, cuda or cuda:N"))),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(NnError::msg(format!(
+            "--device {spec}: this cryoforge was built without CUDA; rebuild with `cargo build --release --features cuda` (needs nvcc)"
+        )));
+    }
+    candle_core::Device::new_cuda(ordinal)
+        .map_err(|e| NnError::msg(format!("--device {spec}: cannot open CUDA device {ordinal}: {e}")))
+}

@@ -87,3 +87,18 @@ fn softmax_values_and_gradients() {
     eprintln!("softmax gradient: max rel err {e:.2e}; log_softmax {el:.2e}");
     assert!(e < 1e-7 && el < 1e-7, "{e} {el}");
 }
+
+#[test]
+fn device_option_parses_and_explains_missing_cuda() {
+    use cryoforge_nn::parse_device;
+    assert!(matches!(parse_device("cpu").unwrap(), candle_core::Device::Cpu));
+    assert!(matches!(parse_device(" CPU ").unwrap(), candle_core::Device::Cpu));
+    let e = parse_device("tpu").unwrap_err().to_string();
+    assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+    let e = parse_device("cuda:x").unwrap_err().to_string();
+    assert!(e.contains("cuda:N"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = parse_device("cuda:1").unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+}
