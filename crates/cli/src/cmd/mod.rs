@@ -7,3 +7,4 @@ pub mod pdb2map;
 pub mod reconstruct;
 pub mod select;
 pub mod simulate;
+pub mod star;
