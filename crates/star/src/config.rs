@@ -30,9 +30,10 @@ impl LossWeights {
             let (k, v) = item
                 .split_once('=')
                 .ok_or_else(|| StarError::msg(format!("--loss-weights: {item:?} is not NAME=VALUE")))?;
-            let v: f64 = v.trim().parse().map_err(|_| {
-                StarError::msg(format!("--loss-weights: {k}: {v:?} is not a number"))
-            })?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| StarError::msg(format!("--loss-weights: {k}: {v:?} is not a number")))?;
             if !(v.is_finite() && v >= 0.0) {
                 return Err(StarError::msg(format!("--loss-weights: {k} = {v} must be ≥ 0")));
             }
@@ -175,23 +176,26 @@ impl StarConfig {
             return bad("zdim must be ≥ 1".into());
         }
         if self.batch_size < 2 {
-            return bad(format!("batch_size {}: need ≥ 2 (adaptive relaxation uses batch variances)", self.batch_size));
+            return bad(format!(
+                "batch_size {}: need ≥ 2 (adaptive relaxation uses batch variances)",
+                self.batch_size
+            ));
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             return bad(format!("lr {} must be > 0", self.lr));
         }
         if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
             return bad(format!("keep_ratio {} must be in (0, 1]", self.keep_ratio));
         }
         if let Some(l) = self.lowpass_a {
-            if !(l > 0.0) {
+            if l.is_nan() || l <= 0.0 {
                 return bad(format!("lowpass_a {l} must be > 0"));
             }
         }
         if !(self.mask_ratio > 0.0 && self.mask_ratio <= 1.5) {
             return bad(format!("mask_ratio {} must be in (0, 1.5]", self.mask_ratio));
         }
-        if !(self.sigma_a > 0.0) {
+        if self.sigma_a.is_nan() || self.sigma_a <= 0.0 {
             return bad(format!("sigma_a {} must be > 0", self.sigma_a));
         }
         Ok(())
@@ -204,7 +208,8 @@ mod tests {
 
     #[test]
     fn toml_and_weights() {
-        let c: StarConfig = toml::from_str("zdim = 4\nkeep_ratio = 0.8\n[loss_weights]\nelastic = 0.5\n").unwrap();
+        let c: StarConfig =
+            toml::from_str("zdim = 4\nkeep_ratio = 0.8\n[loss_weights]\nelastic = 0.5\n").unwrap();
         assert_eq!(c.zdim, 4);
         assert_eq!(c.loss_weights.elastic, 0.5);
         assert_eq!(c.loss_weights.clash, 1.0);

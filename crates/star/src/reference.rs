@@ -44,7 +44,17 @@ impl Reference {
         // Clash pairs count every chain (inter-chain included); segments only drop neighbours.
         let clash = clash_pairs(&coords, &segment, clash_min_a, clash_max_a);
         let (elastic, elastic_d0) = elastic_pairs(&coords, &segment, elastic_cutoff_a);
-        Ok(Reference { residues, coords, amps, segment, consecutive, consecutive_d0, clash, elastic, elastic_d0 })
+        Ok(Reference {
+            residues,
+            coords,
+            amps,
+            segment,
+            consecutive,
+            consecutive_d0,
+            clash,
+            elastic,
+            elastic_d0,
+        })
     }
 
     /// Reads the first model of a PDB/mmCIF file.

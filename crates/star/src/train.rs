@@ -100,7 +100,13 @@ fn resolved_lowpass(cfg: &StarConfig) -> f64 {
 
 /// Low-pass (Å) where FSC(Gaussian density of the reference, consensus map) = 0.5
 /// (paper Appendix A). The map must be D³ at the particles' pixel size, in the box frame.
-pub fn lowpass_from_consensus(reference: &Reference, sigma_a: f64, d: usize, apix_a: f64, map: &Path) -> Result<f64> {
+pub fn lowpass_from_consensus(
+    reference: &Reference,
+    sigma_a: f64,
+    d: usize,
+    apix_a: f64,
+    map: &Path,
+) -> Result<f64> {
     let f = cryoforge_io::mrc::MrcFile::open(map)?;
     if (f.nx(), f.ny(), f.nz()) != (d, d, d) {
         return Err(StarError::msg(format!(
@@ -123,7 +129,12 @@ pub fn lowpass_from_consensus(reference: &Reference, sigma_a: f64, d: usize, api
 /// Resolves the data-dependent settings before training: the low-pass (from `consensus`
 /// when `lowpass_a` is unset) and the encoder input scale (1/std of the first ≤ 512
 /// low-passed, masked images).
-pub fn prepare(stack: &ParticleStack, reference: &Reference, cfg: &mut StarConfig, consensus: Option<&Path>) -> Result<()> {
+pub fn prepare(
+    stack: &ParticleStack,
+    reference: &Reference,
+    cfg: &mut StarConfig,
+    consensus: Option<&Path>,
+) -> Result<()> {
     cfg.check()?;
     let d = stack.box_px()?;
     let apix = stack.apix_a()?;
@@ -168,10 +179,8 @@ pub fn write_run_toml(
     apix: f64,
     extra_data: &[(&str, String)],
 ) -> Result<()> {
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut root = toml::map::Map::new();
     let mut r = toml::map::Map::new();
     r.insert("command".into(), toml::Value::String(command.into()));
@@ -199,9 +208,13 @@ pub fn write_run_toml(
 /// RUN/run.toml read back: the settings and the `[data]` table.
 pub fn read_run_toml(run: &Path) -> Result<(StarConfig, toml::map::Map<String, toml::Value>)> {
     let p = run.join("run.toml");
-    let t = std::fs::read_to_string(&p).map_err(|e| StarError::msg(format!("{}: cannot read: {e}", p.display())))?;
+    let t = std::fs::read_to_string(&p)
+        .map_err(|e| StarError::msg(format!("{}: cannot read: {e}", p.display())))?;
     let v: toml::Value = toml::from_str(&t).map_err(|e| StarError::msg(format!("{}: {e}", p.display())))?;
-    let settings = v.get("settings").cloned().ok_or_else(|| StarError::msg(format!("{}: no [settings]", p.display())))?;
+    let settings = v
+        .get("settings")
+        .cloned()
+        .ok_or_else(|| StarError::msg(format!("{}: no [settings]", p.display())))?;
     let cfg: StarConfig =
         settings.try_into().map_err(|e| StarError::msg(format!("{}: [settings]: {e}", p.display())))?;
     let data = v
@@ -213,7 +226,13 @@ pub fn read_run_toml(run: &Path) -> Result<(StarConfig, toml::map::Map<String, t
 }
 
 /// Images of a batch → (data [B, D, D] low-passed, encoder input [B, D²]).
-fn batch_inputs(ren: &Renderer, mask: &[f32], cfg: &StarConfig, images: &mut [f32], d: usize) -> Result<(Tensor, Tensor)> {
+fn batch_inputs(
+    ren: &Renderer,
+    mask: &[f32],
+    cfg: &StarConfig,
+    images: &mut [f32],
+    d: usize,
+) -> Result<(Tensor, Tensor)> {
     if cfg.invert {
         images.iter_mut().for_each(|v| *v = -*v);
     }
@@ -261,8 +280,14 @@ fn normal_tensor(rng: &mut TrainRng, shape: (usize, usize)) -> Result<Tensor> {
 
 /// Reference-init warm-up: fit the decoder to zero displacement for z ~ N(0, I).
 /// Returns (steps, final mean loss).
-pub fn reference_init(model: &StarModel, cfg: &StarConfig, max_steps: u64, rng: &mut TrainRng) -> Result<(u64, f64)> {
-    let mut opt = Adam::new(vec![ParamGroup::new("decoder", model.decoder_vars(), 1e-3)], AdamConfig::adam())?;
+pub fn reference_init(
+    model: &StarModel,
+    cfg: &StarConfig,
+    max_steps: u64,
+    rng: &mut TrainRng,
+) -> Result<(u64, f64)> {
+    let mut opt =
+        Adam::new(vec![ParamGroup::new("decoder", model.decoder_vars(), 1e-3)], AdamConfig::adam())?;
     let mut last: Vec<f64> = Vec::new();
     let mut mean = f64::INFINITY;
     for s in 0..max_steps {
@@ -305,7 +330,8 @@ pub fn train(
     if poses.len() != n {
         return Err(StarError::msg("poses and particles differ in number"));
     }
-    std::fs::create_dir_all(run).map_err(|e| StarError::msg(format!("{}: cannot create: {e}", run.display())))?;
+    std::fs::create_dir_all(run)
+        .map_err(|e| StarError::msg(format!("{}: cannot create: {e}", run.display())))?;
     let lowpass = resolved_lowpass(cfg);
     let ren = Renderer::new(d, apix, Band::Resolution { resolution_a: lowpass }, &dev())?;
     let corr = CorrelationLoss::new(d, cfg.mask_ratio, 1e-8, &dev())?;
@@ -346,7 +372,10 @@ pub fn train(
     let (mut ref_steps, mut ref_loss) = (0, 0.0);
     let ck = if resume { newest_checkpoint(run) } else { None };
     if resume && ck.is_none() {
-        return Err(StarError::msg(format!("--resume: no checkpoint in {}", run.join("checkpoints").display())));
+        return Err(StarError::msg(format!(
+            "--resume: no checkpoint in {}",
+            run.join("checkpoints").display()
+        )));
     }
     if let Some(ck) = &ck {
         let r = checkpoint::load(ck, &model.vars(), Some(&mut opt))?;
@@ -388,7 +417,8 @@ pub fn train(
             let mut batch = batch?;
             let b = batch.len();
             let (data, enc_in) = batch_inputs(&ren, &mask, cfg, &mut batch.images, d)?;
-            let (rots, shifts) = batch.pose_tensors(&dev())?.ok_or_else(|| StarError::msg("batch without poses"))?;
+            let (rots, shifts) =
+                batch.pose_tensors(&dev())?.ok_or_else(|| StarError::msg("batch without poses"))?;
             let transfer = match &batch.ctf {
                 Some(c) => ren.ctf_transfer(c)?,
                 None => ren.identity_transfer(b)?,
@@ -428,7 +458,7 @@ pub fn train(
             step += 1;
             images += b as u64;
             let elapsed = t0.elapsed().as_secs_f64();
-            if step % cfg.log_every.max(1) == 0 || step == total {
+            if step.is_multiple_of(cfg.log_every.max(1)) || step == total {
                 last = acc.scaled(1.0 / acc_n.max(1) as f64);
                 acc = Losses::default();
                 acc_n = 0;
@@ -452,7 +482,7 @@ pub fn train(
                 j["elapsed_s"] = elapsed.into();
                 writeln!(jsonl, "{j}").map_err(|e| StarError::msg(e.to_string()))?;
             }
-            if step % cfg.checkpoint_every.max(1) == 0 {
+            if step.is_multiple_of(cfg.checkpoint_every.max(1)) {
                 save_checkpoint(run, &model, &opt, step, &rng)?;
             }
             on_progress(&Progress {
@@ -498,22 +528,31 @@ pub struct LoadedRun {
 /// training was interrupted).
 pub fn load_run(run: &Path) -> Result<LoadedRun> {
     let (cfg, data) = read_run_toml(run)?;
-    let d = data
-        .get("box")
-        .and_then(|v| v.as_integer())
-        .ok_or_else(|| StarError::msg(format!("{}: [data] box missing", run.join("run.toml").display())))?
-        as usize;
-    let reference =
-        Reference::read(&run.join("reference.pdb"), cfg.elastic_cutoff_a, cfg.clash_pair_min_a, cfg.clash_pair_max_a)?;
+    let d =
+        data.get("box").and_then(|v| v.as_integer()).ok_or_else(|| {
+            StarError::msg(format!("{}: [data] box missing", run.join("run.toml").display()))
+        })? as usize;
+    let reference = Reference::read(
+        &run.join("reference.pdb"),
+        cfg.elastic_cutoff_a,
+        cfg.clash_pair_min_a,
+        cfg.clash_pair_max_a,
+    )?;
     let model = StarModel::new(&cfg, d, &reference.flat_f32(), &dev())?;
     let wp = run.join("weights.safetensors");
     let vars = model.vars();
     if wp.is_file() {
         let w = candle_core::safetensors::load(&wp, &dev())?;
         for (name, v) in &vars {
-            let t = w.get(name).ok_or_else(|| StarError::msg(format!("{}: lacks parameter {name}", wp.display())))?;
+            let t = w
+                .get(name)
+                .ok_or_else(|| StarError::msg(format!("{}: lacks parameter {name}", wp.display())))?;
             if t.dims() != v.dims() {
-                return Err(StarError::msg(format!("{}: parameter {name} has shape {:?}", wp.display(), t.dims())));
+                return Err(StarError::msg(format!(
+                    "{}: parameter {name} has shape {:?}",
+                    wp.display(),
+                    t.dims()
+                )));
             }
             v.set(t)?;
         }

@@ -7,7 +7,9 @@ use cryoforge_io::pdb::{anchor_atoms, read_structure};
 use cryoforge_io::stack::{LoadOptions, ParticleStack};
 use cryoforge_sim::morph::{morph, MorphSettings};
 use cryoforge_sim::sampling::{CtfDistribution, PoseDistribution};
-use cryoforge_sim::simulate::{anchor_centroid, simulate, translate_models, DensityKind, PoseSource, Sample, SimSettings};
+use cryoforge_sim::simulate::{
+    anchor_centroid, simulate, translate_models, DensityKind, PoseSource, Sample, SimSettings,
+};
 use cryoforge_star::train::{encode_stack, load_run, prepare, train, write_run_toml};
 use cryoforge_star::{Reference, StarConfig};
 use std::path::PathBuf;
@@ -18,7 +20,8 @@ fn demo(name: &str) -> PathBuf {
 }
 
 fn rmsd(a: &[[f32; 3]], b: &[[f64; 3]]) -> f64 {
-    let s: f64 = a.iter().zip(b).map(|(p, q)| (0..3).map(|d| (p[d] as f64 - q[d]).powi(2)).sum::<f64>()).sum();
+    let s: f64 =
+        a.iter().zip(b).map(|(p, q)| (0..3).map(|d| (p[d] as f64 - q[d]).powi(2)).sum::<f64>()).sum();
     (s / a.len() as f64).sqrt()
 }
 
@@ -54,7 +57,8 @@ fn short_training_reduces_rmsd() {
     };
     let out = simulate(&Sample::Models(models.clone()), &src, &set, &mut w, &mut |_| {}).unwrap();
     w.finish().unwrap();
-    let mut stack = ParticleStack::load(&mrcs, &LoadOptions { apix_a: Some(apix), ..Default::default() }).unwrap();
+    let mut stack =
+        ParticleStack::load(&mrcs, &LoadOptions { apix_a: Some(apix), ..Default::default() }).unwrap();
     stack.poses = Some(out.truth.iter().map(|t| t.pose).collect());
     stack.ctf = Some(out.truth.iter().map(|t| t.ctf).collect());
     let frames: Vec<usize> = out.truth.iter().map(|t| t.model).collect();
@@ -74,8 +78,13 @@ fn short_training_reduces_rmsd() {
     prepare(&stack, &reference, &mut cfg, None).unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
-    cryoforge_io::pdb::write_ca_models(run.join("reference.pdb"), &reference.residues, std::slice::from_ref(&reference.coords), None)
-        .unwrap();
+    cryoforge_io::pdb::write_ca_models(
+        run.join("reference.pdb"),
+        &reference.residues,
+        std::slice::from_ref(&reference.coords),
+        None,
+    )
+    .unwrap();
     write_run_toml(&run, "test", &cfg, &mrcs, n, d, apix, &[]).unwrap();
     let stack = Arc::new(stack);
     let res = train(stack.clone(), &reference, &cfg, &run, false, &mut |_| {}).unwrap();
@@ -95,7 +104,8 @@ fn short_training_reduces_rmsd() {
     for i in 0..n {
         let t = &truth_frames[frames[i]];
         pred += rmsd(&coords[i * r..(i + 1) * r], t);
-        let rc: Vec<[f32; 3]> = reference.coords.iter().map(|p| [p[0] as f32, p[1] as f32, p[2] as f32]).collect();
+        let rc: Vec<[f32; 3]> =
+            reference.coords.iter().map(|p| [p[0] as f32, p[1] as f32, p[2] as f32]).collect();
         base += rmsd(&rc, t);
     }
     let (pred, base) = (pred / n as f64, base / n as f64);

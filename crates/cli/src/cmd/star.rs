@@ -18,7 +18,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Sub {
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     Analyze(AnalyzeArgs),
 }
 
@@ -155,7 +155,7 @@ pub struct AnalyzeArgs {
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
-        Sub::Train(t) => run_train(t, ctx),
+        Sub::Train(t) => run_train(*t, ctx),
         Sub::Analyze(t) => run_analyze(t, ctx),
     }
 }
@@ -249,7 +249,7 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     let bar = ctx.progress(total, "train");
     let mut cb = |p: &cryoforge_star::train::Progress| {
         bar.set_position(p.step);
-        if p.step % 10 == 0 {
+        if p.step.is_multiple_of(10) {
             let r = &p.running;
             bar.set_message(format!(
                 "ep {} {:.0} img/s loss {:.4} corr {:.4} cont {:.3} clash {:.3} EN {:.3}",
@@ -329,7 +329,8 @@ fn run_analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
     o.extras.insert("no_elastic".into(), lr.cfg.no_elastic.into());
     let model = &lr.model;
     let decode = |zz: &[f32]| model.decode_coords(zz).map_err(|e| e.to_string());
-    let s = cryoforge_hetero::analyze_run(&z, lr.cfg.zdim, &decode, &lr.reference.residues, Some(&stack), &o)?;
+    let s =
+        cryoforge_hetero::analyze_run(&z, lr.cfg.zdim, &decode, &lr.reference.residues, Some(&stack), &o)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s.json)?);
     }
