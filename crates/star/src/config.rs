@@ -166,7 +166,9 @@ impl StarConfig {
         if let Some(s) = self.steps {
             return s;
         }
-        let per_epoch = n.div_ceil(self.batch_size.max(1)) as u64;
+        // The loader drops a last incomplete batch when there is more than one batch.
+        let b = self.batch_size.max(1);
+        let per_epoch = if n > b { n / b } else { 1 } as u64;
         self.epochs.unwrap_or_else(|| Self::default_epochs(n)) as u64 * per_epoch
     }
 
@@ -219,6 +221,7 @@ mod tests {
         assert!(LossWeights::default().parse_over("foo=1").is_err());
         assert_eq!(StarConfig::default_epochs(4900), 82);
         let c = StarConfig { epochs: Some(2), ..Default::default() };
-        assert_eq!(c.total_steps(100), 4);
+        assert_eq!(c.total_steps(100), 2);
+        assert_eq!(c.total_steps(10), 2);
     }
 }
