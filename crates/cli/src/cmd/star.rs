@@ -92,7 +92,8 @@ pub struct TrainArgs {
     /// Checkpoint every N steps (1000).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
-    /// Continue the run in --out from its newest checkpoint (settings from its run.toml).
+    /// Continue the run in --out from its newest checkpoint (settings from its run.toml;
+    /// only --epochs/--steps may change).
     #[arg(long)]
     pub resume: bool,
     /// Print the summary JSON on stdout.
@@ -170,7 +171,15 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     let apix = stack.apix_a()?;
     ensure_dir(&a.out)?;
     let (cfg, reference) = if a.resume {
-        let (cfg, _) = read_run_toml(&a.out).context("--resume")?;
+        let (mut cfg, _) = read_run_toml(&a.out).context("--resume")?;
+        // Only the training length may change on resume (e.g. to train longer).
+        if a.epochs.is_some() {
+            cfg.epochs = a.epochs;
+            cfg.steps = None;
+        }
+        if a.steps.is_some() {
+            cfg.steps = a.steps;
+        }
         let reference = Reference::read(
             &a.out.join("reference.pdb"),
             cfg.elastic_cutoff_a,
