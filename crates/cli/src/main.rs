@@ -34,6 +34,8 @@ enum Command {
     Simulate(cmd::simulate::Args),
     CenterModel(cmd::center_model::Args),
     Pdb2map(cmd::pdb2map::Args),
+    Morph(cmd::morph::Args),
+    Star(cmd::star::Args),
 }
 
 fn main() {
@@ -67,6 +69,8 @@ fn main() {
         Command::Simulate(a) => cmd::simulate::run(a, &ctx),
         Command::CenterModel(a) => cmd::center_model::run(a, &ctx),
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
+        Command::Morph(a) => cmd::morph::run(a, &ctx),
+        Command::Star(a) => cmd::star::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
