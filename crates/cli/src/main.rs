@@ -34,6 +34,8 @@ enum Command {
     Simulate(cmd::simulate::Args),
     CenterModel(cmd::center_model::Args),
     Pdb2map(cmd::pdb2map::Args),
+    /// cryoSPHERE: train, analyze, toy benchmark.
+    Sphere(cmd::sphere::Args),
 }
 
 fn main() {
@@ -65,6 +67,7 @@ fn main() {
         Command::Simulate(a) => cmd::simulate::run(a, &ctx),
         Command::CenterModel(a) => cmd::center_model::run(a, &ctx),
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
+        Command::Sphere(a) => cmd::sphere::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

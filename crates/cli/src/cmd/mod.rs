@@ -6,3 +6,4 @@ pub mod pdb2map;
 pub mod reconstruct;
 pub mod select;
 pub mod simulate;
+pub mod sphere;
