@@ -10,10 +10,12 @@ use crate::{Result, SphereError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RotationCentre {
-    /// (0, 0, 0) Å, the box centre, as the reference implementation does.
+    /// (0, 0, 0) Å, the box centre, as the reference implementation does (default: on the
+    /// AdK rigid-domain toy it matched or beat the centroid at equal steps; BENCHMARKS.md
+    /// "cryoSPHERE").
     Origin,
-    /// The membership-weighted centroid of the segment's reference positions (default:
-    /// decouples rotation from translation; see BENCHMARKS.md "cryoSPHERE").
+    /// The membership-weighted centroid of the segment's reference positions (decouples
+    /// rotation from translation).
     Centroid,
 }
 
@@ -122,7 +124,7 @@ impl Default for SphereConfig {
             leaky_slope: 0.01,
             sigma_a: 2.0,
             lowpass_a: None,
-            rotation_centre: RotationCentre::Centroid,
+            rotation_centre: RotationCentre::Origin,
             rotation: RotationParam::Quaternion,
             prior_mean_std: 10.0,
             prior_std_mean: None,
@@ -165,7 +167,8 @@ impl SphereConfig {
             Some(s) => s.clone(),
             None => v,
         };
-        let c: SphereConfig = v.try_into().map_err(|e: toml::de::Error| SphereError::file(path, e.to_string()))?;
+        let c: SphereConfig =
+            v.try_into().map_err(|e: toml::de::Error| SphereError::file(path, e.to_string()))?;
         c.validate().map_err(|e| SphereError::file(path, e.to_string()))?;
         Ok(c)
     }
@@ -188,7 +191,8 @@ impl SphereConfig {
         if self.epochs == Some(0) || self.steps == Some(0) {
             return bad("epochs/steps", "must be at least 1");
         }
-        for (f, v) in [("lr", self.lr), ("lr_segmentation", self.lr_segmentation), ("sigma_a", self.sigma_a)] {
+        for (f, v) in [("lr", self.lr), ("lr_segmentation", self.lr_segmentation), ("sigma_a", self.sigma_a)]
+        {
             if !(v.is_finite() && v > 0.0) {
                 return bad(f, "must be positive");
             }
@@ -221,6 +225,7 @@ impl SphereConfig {
         if let Some(s) = self.steps {
             return s.div_ceil(per_epoch);
         }
-        self.epochs.unwrap_or_else(|| DEFAULT_IMAGE_BUDGET.div_ceil(n.max(1) as u64).clamp(1, REFERENCE_EPOCHS))
+        self.epochs
+            .unwrap_or_else(|| DEFAULT_IMAGE_BUDGET.div_ceil(n.max(1) as u64).clamp(1, REFERENCE_EPOCHS))
     }
 }

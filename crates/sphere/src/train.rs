@@ -80,7 +80,8 @@ impl ModelMeta {
 
     pub fn read(run: &Path) -> Result<ModelMeta> {
         let p = run.join("model.json");
-        let t = std::fs::read_to_string(&p).map_err(|e| SphereError::file(&p, format!("cannot read: {e}")))?;
+        let t =
+            std::fs::read_to_string(&p).map_err(|e| SphereError::file(&p, format!("cannot read: {e}")))?;
         serde_json::from_str(&t).map_err(|e| SphereError::file(&p, e.to_string()))
     }
 }
@@ -197,10 +198,8 @@ pub fn write_run_toml(out: &Path, cfg: &SphereConfig, command: &str, stack: &Par
     run.insert("command".into(), command.into());
     run.insert("method".into(), "cryosphere".into());
     run.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     run.insert("started".into(), toml::Value::String(format!("unix:{started}")));
     run.insert("seed".into(), toml::Value::Integer(cfg.seed as i64));
     let settings = toml::Value::try_from(cfg).map_err(|e| SphereError::msg(format!("settings: {e}")))?;
@@ -233,15 +232,11 @@ fn structural(cfg: &SphereConfig, res: &[AnchorResidue], dev: &Device) -> Result
     let mut ids: Vec<&str> = Vec::new();
     let chain: Vec<u32> = res
         .iter()
-        .map(|r| {
-            let key = r.segment.to_string();
-            let _ = key;
-            match ids.iter().position(|c| *c == r.chain) {
-                Some(i) => i as u32,
-                None => {
-                    ids.push(&r.chain);
-                    (ids.len() - 1) as u32
-                }
+        .map(|r| match ids.iter().position(|c| *c == r.chain) {
+            Some(i) => i as u32,
+            None => {
+                ids.push(&r.chain);
+                (ids.len() - 1) as u32
             }
         })
         .collect();
@@ -275,7 +270,11 @@ fn structural(cfg: &SphereConfig, res: &[AnchorResidue], dev: &Device) -> Result
 }
 
 /// Train (or resume) a run; `on_step` is called after every optimiser step.
-pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Progress)) -> Result<TrainSummary> {
+pub fn train(
+    cfg: &SphereConfig,
+    inp: TrainInputs,
+    on_step: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
     cfg.validate()?;
     let dev = Device::Cpu;
     let stack = inp.stack.clone();
@@ -315,7 +314,12 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
     };
     let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| SphereError::msg(e.to_string()))?;
     write_text_atomic(&out.join("model.json"), &meta_json)?;
-    cryoforge_io::pdb::write_ca_models(out.join("reference.pdb"), &inp.residues, &[x0.clone()], None)?;
+    cryoforge_io::pdb::write_ca_models(
+        out.join("reference.pdb"),
+        &inp.residues,
+        std::slice::from_ref(&x0),
+        None,
+    )?;
     write_run_toml(&out, cfg, &inp.command, &stack)?;
 
     let mut opt = Adam::new(
@@ -358,7 +362,11 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
                 metrics_csv = String::new();
                 for (i, line) in t.lines().enumerate() {
                     let keep = i == 0
-                        || line.split(',').next().and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v <= step);
+                        || line
+                            .split(',')
+                            .next()
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .is_some_and(|v| v <= step);
                     if keep {
                         metrics_csv.push_str(line);
                         metrics_csv.push('\n');
@@ -383,8 +391,12 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
     let ramp = ((total as f64) * cfg.kl_ramp_fraction).round() as u64;
     let beta_z = Schedule::Linear { start: 0.0, end: cfg.kl_latent, steps: ramp };
     let beta_s = Schedule::Linear { start: 0.0, end: cfg.kl_segmentation, steps: ramp };
-    let beta_p =
-        Schedule::Cyclical { max: cfg.kl_proportions, total, cycles: cfg.kl_cycles, ratio: cfg.kl_cycle_ratio };
+    let beta_p = Schedule::Cyclical {
+        max: cfg.kl_proportions,
+        total,
+        cycles: cfg.kl_cycles,
+        ratio: cfg.kl_cycle_ratio,
+    };
     let t0 = Instant::now();
     let step0 = step;
     let mut acc = [0f64; 1 + METRIC_COLS.len()];
@@ -424,10 +436,8 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
                 .mean_all()?;
             let (klm, kls, klp) = model.seg.kl()?;
             let (bz, bs, bp) = (beta_z.value(step), beta_s.value(step), beta_p.value(step));
-            let mut loss = (&recon
-                + (&klz * (bz / d2))?
-                + ((&klm + &kls)? * (bs / d2))?
-                + (&klp * (bp / d2))?)?;
+            let mut loss =
+                (&recon + (&klz * (bz / d2))? + ((&klm + &kls)? * (bs / d2))? + (&klp * (bp / d2))?)?;
             let cont = match &st.cont {
                 Some((p, d0)) => cryoforge_nn::loss::continuity_loss(&coords, p, d0)?,
                 None => zeros.clone(),
@@ -463,7 +473,7 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
             }
             acc_n += 1.0;
             on_step(&Progress { step, total_steps: total, epoch, loss: last_loss });
-            if step % cfg.log_every == 0 || step == total {
+            if step.is_multiple_of(cfg.log_every) || step == total {
                 let el = elapsed0 + t0.elapsed().as_secs_f64();
                 let images = step * cfg.batch_size as u64;
                 let mean: Vec<f64> = acc.iter().map(|a| a / acc_n).collect();
@@ -487,8 +497,8 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
                 acc = [0f64; 1 + METRIC_COLS.len()];
                 acc_n = 0.0;
             }
-            let end_of_epoch = step % per_epoch == 0;
-            if (end_of_epoch && (step / per_epoch) % cfg.checkpoint_every == 0) || step == total {
+            let end_of_epoch = step.is_multiple_of(per_epoch);
+            if (end_of_epoch && (step / per_epoch).is_multiple_of(cfg.checkpoint_every)) || step == total {
                 checkpoint::save(
                     &out.join("checkpoints").join(format!("step_{step:08}")),
                     &all_vars,
@@ -542,10 +552,8 @@ pub fn load_model(run: &Path) -> Result<(SphereModel, ModelMeta, SphereConfig)> 
     let meta = ModelMeta::read(run)?;
     let dev = Device::Cpu;
     let reference = cryoforge_io::pdb::read_structure(run.join("reference.pdb"))?;
-    let model0 = reference
-        .models
-        .first()
-        .ok_or_else(|| SphereError::file(&run.join("reference.pdb"), "no model"))?;
+    let model0 =
+        reference.models.first().ok_or_else(|| SphereError::file(&run.join("reference.pdb"), "no model"))?;
     let res = cryoforge_io::pdb::anchor_atoms(model0)
         .map_err(|e| SphereError::file(&run.join("reference.pdb"), e.to_string()))?;
     if res.len() != meta.amplitudes.len() {
@@ -561,7 +569,10 @@ pub fn load_model(run: &Path) -> Result<(SphereModel, ModelMeta, SphereConfig)> 
     for (name, var) in model.all_vars() {
         let t = w.get(&name).ok_or_else(|| SphereError::file(&wp, format!("lacks parameter {name}")))?;
         if t.dims() != var.dims() {
-            return Err(SphereError::file(&wp, format!("parameter {name}: shape {:?}, model {:?}", t.dims(), var.dims())));
+            return Err(SphereError::file(
+                &wp,
+                format!("parameter {name}: shape {:?}, model {:?}", t.dims(), var.dims()),
+            ));
         }
         var.set(t)?;
     }

@@ -19,7 +19,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Sub {
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     Analyze(AnalyzeArgs),
     Toy(ToyArgs),
 }
@@ -73,7 +73,7 @@ pub struct TrainArgs {
     /// Learning rate of the segmentation (reference 3e-4).
     #[arg(long)]
     pub lr_segmentation: Option<f64>,
-    /// Rotation centre: centroid (default) or origin (the reference).
+    /// Rotation centre: origin (default, the reference) or the segment's centroid.
     #[arg(long, value_parser = ["centroid", "origin"])]
     pub rotation_centre: Option<String>,
     /// Rotation parametrisation: quaternion (reference) or axis-angle.
@@ -155,7 +155,7 @@ pub struct ToyArgs {
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
-        Sub::Train(t) => train(t, ctx),
+        Sub::Train(t) => train(*t, ctx),
         Sub::Analyze(t) => analyze(t, ctx),
         Sub::Toy(t) => toy(t, ctx),
     }
@@ -215,7 +215,8 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     let s = cryoforge_io::pdb::read_structure(&a.reference)
         .with_context(|| format!("reading the reference {}", a.reference.display()))?;
     let model = s.models.first().ok_or_else(|| anyhow::anyhow!("{}: no model", a.reference.display()))?;
-    let res = cryoforge_io::pdb::anchor_atoms(model).map_err(|e| anyhow::anyhow!("{}: {e}", a.reference.display()))?;
+    let res = cryoforge_io::pdb::anchor_atoms(model)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.reference.display()))?;
     if res.is_empty() {
         bail!("{}: no residue with a Cα/C1′/P atom", a.reference.display());
     }
@@ -290,10 +291,8 @@ fn analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
 }
 
 fn toy(a: ToyArgs, ctx: &Ctx) -> Result<()> {
-    let (f, l) = a
-        .body
-        .split_once('-')
-        .ok_or_else(|| anyhow::anyhow!("--body {:?}: expected FIRST-LAST", a.body))?;
+    let (f, l) =
+        a.body.split_once('-').ok_or_else(|| anyhow::anyhow!("--body {:?}: expected FIRST-LAST", a.body))?;
     let spec = cryoforge_sphere::toy::ToySpec {
         chain: None,
         first: f.trim().parse().with_context(|| format!("--body {:?}: bad FIRST", a.body))?,
