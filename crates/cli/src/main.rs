@@ -36,6 +36,8 @@ enum Command {
     Pdb2map(cmd::pdb2map::Args),
     Morph(cmd::morph::Args),
     Star(cmd::star::Args),
+    /// cryoSPHERE: train, analyze, toy benchmark.
+    Sphere(cmd::sphere::Args),
 }
 
 fn main() {
@@ -71,6 +73,7 @@ fn main() {
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
         Command::Morph(a) => cmd::morph::run(a, &ctx),
         Command::Star(a) => cmd::star::run(a, &ctx),
+        Command::Sphere(a) => cmd::sphere::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

@@ -8,3 +8,4 @@ pub mod reconstruct;
 pub mod select;
 pub mod simulate;
 pub mod star;
+pub mod sphere;
