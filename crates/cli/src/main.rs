@@ -34,6 +34,8 @@ enum Command {
     Simulate(cmd::simulate::Args),
     CenterModel(cmd::center_model::Args),
     Pdb2map(cmd::pdb2map::Args),
+    Report(cmd::report::Args),
+    Demo(cmd::demo::Args),
 }
 
 fn main() {
@@ -55,7 +57,7 @@ fn main() {
             eprintln!("warning: could not set the thread count: {e}");
         }
     }
-    let ctx = common::Ctx { quiet: cli.quiet };
+    let ctx = common::Ctx { quiet: cli.quiet, nested: false };
     let r = match cli.command {
         Command::Info(a) => cmd::info::run(a, &ctx),
         Command::Convert(a) => cmd::convert::run(a, &ctx),
@@ -65,6 +67,8 @@ fn main() {
         Command::Simulate(a) => cmd::simulate::run(a, &ctx),
         Command::CenterModel(a) => cmd::center_model::run(a, &ctx),
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
+        Command::Report(a) => cmd::report::run(a, &ctx),
+        Command::Demo(a) => cmd::demo::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
