@@ -36,6 +36,7 @@ enum Command {
     Pdb2map(cmd::pdb2map::Args),
     Report(cmd::report::Args),
     Demo(cmd::demo::Args),
+    Morph(cmd::morph::Args),
 }
 
 fn main() {
@@ -69,6 +70,7 @@ fn main() {
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
         Command::Report(a) => cmd::report::run(a, &ctx),
         Command::Demo(a) => cmd::demo::run(a, &ctx),
+        Command::Morph(a) => cmd::morph::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

@@ -3,6 +3,7 @@ pub mod convert;
 pub mod demo;
 pub mod downsample;
 pub mod info;
+pub mod morph;
 pub mod pdb2map;
 pub mod reconstruct;
 pub mod report;
