@@ -7,7 +7,8 @@
 use crate::common::{ensure_dir, write_json_atomic, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cryoforge_io::pdb::{parse_pdb, write_pdb, Model, Structure};
+use cryoforge_io::pdb::{parse_pdb, write_pdb, Structure};
+use cryoforge_sim::morph::{morph, MorphSettings};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -119,66 +120,6 @@ fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Superpose `mobile` onto `target` (least-squares rotation + translation of the paired
-/// points, Kabsch), returning the transformed copy of `apply`.
-fn kabsch_apply(target: &[[f64; 3]], mobile: &[[f64; 3]], apply: &[[f64; 3]]) -> Vec<[f64; 3]> {
-    use nalgebra::{Matrix3, Vector3};
-    let n = target.len().min(mobile.len()).max(1) as f64;
-    let cen = |v: &[[f64; 3]]| v.iter().fold(Vector3::zeros(), |a, p| a + Vector3::from(*p)) / n;
-    let (ct, cm) = (cen(target), cen(mobile));
-    let mut h = Matrix3::zeros();
-    for (t, m) in target.iter().zip(mobile) {
-        h += (Vector3::from(*m) - cm) * (Vector3::from(*t) - ct).transpose();
-    }
-    let svd = h.svd(true, true);
-    let (u, vt) = (svd.u.unwrap_or_else(Matrix3::identity), svd.v_t.unwrap_or_else(Matrix3::identity));
-    let d = (vt.transpose() * u.transpose()).determinant().signum();
-    let r = vt.transpose() * Matrix3::from_diagonal(&Vector3::new(1.0, 1.0, d)) * u.transpose();
-    apply.iter().map(|p| (r * (Vector3::from(*p) - cm) + ct).into()).collect()
-}
-
-/// A closed→open trajectory: the open structure superposed on the closed one (Kabsch on
-/// Cα), then every atom interpolated linearly in `frames` steps (frame 0 = closed, last =
-/// open). The two structures must list the same atoms in the same order.
-pub fn linear_trajectory(closed: &Model, open: &Model, frames: usize) -> Result<Vec<Model>> {
-    if frames < 2 {
-        bail!("a trajectory needs at least 2 frames, got {frames}");
-    }
-    let a: Vec<_> = closed.atoms().collect();
-    let b: Vec<_> = open.atoms().collect();
-    if a.len() != b.len() {
-        bail!("closed and open structures have {} and {} atoms; they must match", a.len(), b.len());
-    }
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        if x.name != y.name {
-            bail!("atom {i}: {} in the closed structure but {} in the open one", x.name, y.name);
-        }
-    }
-    let ca = |v: &[&cryoforge_io::pdb::Atom]| {
-        v.iter().filter(|x| x.name == "CA").map(|x| x.pos).collect::<Vec<_>>()
-    };
-    let all_b: Vec<[f64; 3]> = b.iter().map(|x| x.pos).collect();
-    let b_aligned = kabsch_apply(&ca(&a), &ca(&b), &all_b);
-    let mut out = Vec::with_capacity(frames);
-    for f in 0..frames {
-        let t = f as f64 / (frames - 1) as f64;
-        let mut m = closed.clone();
-        let mut k = 0;
-        for c in &mut m.chains {
-            for r in &mut c.residues {
-                for at in &mut r.atoms {
-                    let p0 = at.pos;
-                    let p1 = b_aligned[k];
-                    at.pos = [0, 1, 2].map(|d| p0[d] + t * (p1[d] - p0[d]));
-                    k += 1;
-                }
-            }
-        }
-        out.push(m);
-    }
-    Ok(out)
-}
-
 /// |Spearman| between PC1 and the true frame from a method run's analysis/truth.json.
 pub fn pc1_frame_abs_spearman(run: &Path) -> Result<f64> {
     let p = run.join("analysis").join("truth.json");
@@ -277,7 +218,7 @@ impl Demo<'_> {
             "structures",
             "structures",
             format!(
-                "1AKE (closed) and 4AKE (open), {frames}-frame linear trajectory: structures/trajectory.pdb"
+                "1AKE (closed) and 4AKE (open), {frames}-frame morph (as cryoforge morph): structures/trajectory.pdb"
             ),
             |d| {
                 let dir = d.out.join("structures");
@@ -290,8 +231,9 @@ impl Demo<'_> {
                     (Some(c), Some(o)) => (c, o),
                     _ => bail!("embedded structures have no models"),
                 };
-                let traj = linear_trajectory(c, o, frames)?;
-                write_pdb(dir.join("trajectory.pdb"), &Structure { models: traj })?;
+                let set = MorphSettings { frames, ..MorphSettings::default() };
+                let m = morph(c, o, &set).context("morphing the embedded closed → open structures")?;
+                write_pdb(dir.join("trajectory.pdb"), &Structure { models: m.models })?;
                 Ok(())
             },
         )
@@ -373,9 +315,19 @@ impl Demo<'_> {
         );
         // A run made by hand with the commands below into OUT/<sub> is picked up.
         if let Ok(v) = pc1_frame_abs_spearman(&self.out.join(&dir)) {
-            self.methods.push(json!({"method": method, "dir": dir, "status": "done", "pc1_frame_spearman_abs": v}));
-            let msg = format!("existing run in {} (made with `{train}` and `{analyze}`)", self.out.join(&dir).display());
-            return self.record(StepRecord { name: method.into(), status: "done".into(), seconds: 0.0, dir, message: msg });
+            self.methods
+                .push(json!({"method": method, "dir": dir, "status": "done", "pc1_frame_spearman_abs": v}));
+            let msg = format!(
+                "existing run in {} (made with `{train}` and `{analyze}`)",
+                self.out.join(&dir).display()
+            );
+            return self.record(StepRecord {
+                name: method.into(),
+                status: "done".into(),
+                seconds: 0.0,
+                dir,
+                message: msg,
+            });
         }
         let msg = format!(
             "the {method} crate (cryoforge-{sub}) is not in this build yet; when it is, this step runs `{train}` then `{analyze}`"
@@ -479,28 +431,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trajectory_runs_from_closed_to_superposed_open() {
+    fn embedded_structures_morph_into_the_demo_trajectory() {
         let c = parse_pdb(ADK_CLOSED.as_bytes(), Path::new("c.pdb")).unwrap().models.remove(0);
         let o = parse_pdb(ADK_OPEN.as_bytes(), Path::new("o.pdb")).unwrap().models.remove(0);
-        let t = linear_trajectory(&c, &o, 5).unwrap();
-        assert_eq!(t.len(), 5);
-        let ca = |m: &Model| m.atoms().filter(|a| a.name == "CA").map(|a| a.pos).collect::<Vec<_>>();
-        assert_eq!(ca(&t[0]), ca(&c));
-        let rmsd = |a: &[[f64; 3]], b: &[[f64; 3]]| {
-            (a.iter().zip(b).map(|(p, q)| (0..3).map(|d| (p[d] - q[d]).powi(2)).sum::<f64>()).sum::<f64>()
-                / a.len() as f64)
-                .sqrt()
-        };
-        // The last frame is the open structure up to a rigid motion: its RMSD to the
-        // open structure after superposition is ~0, while closed↔open differ by several Å.
-        let last = ca(&t[4]);
-        let back = kabsch_apply(&ca(&o), &last, &last);
-        assert!(rmsd(&back, &ca(&o)) < 1e-6, "{}", rmsd(&back, &ca(&o)));
-        let d_end = rmsd(&ca(&t[0]), &last);
-        assert!(d_end > 3.0, "closed→open Cα RMSD {d_end}");
-        // Linear: the midpoint is half-way.
-        let d_mid = rmsd(&ca(&t[0]), &ca(&t[2]));
-        assert!((d_mid - d_end / 2.0).abs() < 1e-6);
-        assert!(linear_trajectory(&c, &o, 1).is_err());
+        assert_eq!(c.atom_count(), 3341);
+        let m = morph(&c, &o, &MorphSettings { frames: 4, ..MorphSettings::default() }).unwrap();
+        assert_eq!(m.models.len(), 4);
+        assert!(m.end_rmsd_a > 3.0, "closed→open Cα RMSD {}", m.end_rmsd_a);
     }
 }
