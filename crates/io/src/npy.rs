@@ -166,7 +166,7 @@ mod tests {
     fn reads_what_numpy_writes_f8_big_endian() {
         // np.array([[1.5, -2.0]], dtype='>f8') saved by numpy 1.26.
         let mut h = "{'descr': '>f8', 'fortran_order': False, 'shape': (1, 2), }".to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

@@ -61,29 +61,29 @@ impl Html {
     }
     /// A paragraph of text.
     pub fn p(&mut self, text: &str) -> &mut Self {
-        let _ = write!(self.buf, "<p>{}</p>\n", esc(text));
+        let _ = writeln!(self.buf, "<p>{}</p>", esc(text));
         self
     }
     /// A paragraph with a CSS class (`note`, `warn`, `ok`).
     pub fn p_class(&mut self, class: &str, text: &str) -> &mut Self {
-        let _ = write!(self.buf, "<p class=\"{}\">{}</p>\n", esc(class), esc(text));
+        let _ = writeln!(self.buf, "<p class=\"{}\">{}</p>", esc(class), esc(text));
         self
     }
     /// A sub-heading.
     pub fn h3(&mut self, text: &str) -> &mut Self {
-        let _ = write!(self.buf, "<h3>{}</h3>\n", esc(text));
+        let _ = writeln!(self.buf, "<h3>{}</h3>", esc(text));
         self
     }
     /// Preformatted text (commands, configuration files).
     pub fn pre(&mut self, text: &str) -> &mut Self {
-        let _ = write!(self.buf, "<pre>{}</pre>\n", esc(text));
+        let _ = writeln!(self.buf, "<pre>{}</pre>", esc(text));
         self
     }
     /// A PNG embedded as a data URI, in a figure with a caption.
     pub fn png(&mut self, png: &[u8], alt: &str, caption: &str) -> &mut Self {
-        let _ = write!(
+        let _ = writeln!(
             self.buf,
-            "<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>\n",
+            "<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>",
             esc(alt),
             base64(png),
             esc(caption)
@@ -122,14 +122,14 @@ impl Html {
         self.buf.push_str("<table class=\"kv\">\n<tbody>\n");
         for (k, v) in rows {
             let _ =
-                write!(self.buf, "<tr><th>{}</th><td data-key=\"{}\">{}</td></tr>\n", esc(k), esc(k), esc(v));
+                writeln!(self.buf, "<tr><th>{}</th><td data-key=\"{}\">{}</td></tr>", esc(k), esc(k), esc(v));
         }
         self.buf.push_str("</tbody>\n</table>\n");
         self
     }
     /// A collapsed block with a summary line; `inner` is already-built HTML.
     pub fn details(&mut self, summary: &str, inner: &Html) -> &mut Self {
-        let _ = write!(self.buf, "<details><summary>{}</summary>\n{}</details>\n", esc(summary), inner.buf);
+        let _ = writeln!(self.buf, "<details><summary>{}</summary>\n{}</details>", esc(summary), inner.buf);
         self
     }
     /// Append another fragment.
@@ -160,16 +160,16 @@ img{max-width:100%}.row{display:flex;flex-wrap:wrap;gap:.5em}\
 pub fn document(title: &str, subtitle: &str, sections: &[Section]) -> String {
     let mut o = String::new();
     o.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    let _ = write!(o, "<title>{}</title>\n<style>{}</style>\n</head>\n<body>\n", esc(title), CSS);
-    let _ = write!(o, "<h1>{}</h1>\n<p class=\"note\">{}</p>\n<nav><ol>\n", esc(title), esc(subtitle));
+    let _ = writeln!(o, "<title>{}</title>\n<style>{}</style>\n</head>\n<body>", esc(title), CSS);
+    let _ = writeln!(o, "<h1>{}</h1>\n<p class=\"note\">{}</p>\n<nav><ol>", esc(title), esc(subtitle));
     for s in sections {
-        let _ = write!(o, "<li><a href=\"#{}\">{}</a></li>\n", esc(&s.id), esc(&s.title));
+        let _ = writeln!(o, "<li><a href=\"#{}\">{}</a></li>", esc(&s.id), esc(&s.title));
     }
     o.push_str("</ol></nav>\n");
     for s in sections {
-        let _ = write!(
+        let _ = writeln!(
             o,
-            "<section id=\"{}\">\n<h2>{}</h2>\n{}</section>\n",
+            "<section id=\"{}\">\n<h2>{}</h2>\n{}</section>",
             esc(&s.id),
             esc(&s.title),
             s.body.as_str()

@@ -351,7 +351,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     if size.frames < 2 {
         bail!("--frames {}: a trajectory needs at least 2 frames", size.frames);
     }
-    if !(size.snr > 0.0) {
+    if size.snr.is_nan() || size.snr <= 0.0 {
         bail!("--snr {} must be positive", size.snr);
     }
     ensure_dir(&a.out)?;
