@@ -150,3 +150,17 @@ fn report_of_a_folder_that_is_not_an_output_names_what_it_expects() {
     assert!(e.contains("not a cryoforge output folder") && e.contains("fsc.csv"), "{e}");
     assert!(!d.path().join("report.html").exists());
 }
+
+#[test]
+fn readme_first_command_is_the_demo() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let setup = &readme[readme.find("## Set up").expect("README has a Set up section")..];
+    let first_block = setup.split("```").nth(1).expect("a code block in Set up");
+    let first_cmd = first_block.lines().map(str::trim).find(|l| !l.is_empty()).unwrap();
+    assert_eq!(first_cmd, "cargo run --release -- demo");
+    // The test command stays what CI runs.
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let ci_cmd = ci.lines().last().unwrap().trim();
+    assert!(readme.lines().any(|l| l.trim() == ci_cmd), "README lacks the CI command {ci_cmd:?}");
+}
