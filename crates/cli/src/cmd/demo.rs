@@ -294,54 +294,82 @@ impl Demo<'_> {
         })
     }
 
-    /// A heterogeneity method: train on sim/particles.star, analyse against the truth.
-    /// The method crates (`cryoforge-star`, `cryoforge-sphere`) are not part of this build
-    /// yet; the step says so, and what it will run, instead of pretending.
-    fn method(&mut self, method: &str, sub: &str) -> Result<()> {
-        self.announce(&format!("{method}: train and analyse"));
-        let dir = sub.to_string();
-        let train = format!(
-            "cryoforge {sub} train {} --epochs {} --seed {} --out {}",
+    /// A heterogeneity method: train on sim/particles.star into OUT/<sub>, analyse against
+    /// the truth (sim/truth.csv, structures/trajectory.pdb), read PC1–frame |Spearman|
+    /// from OUT/<sub>/analysis/truth.json. Without a runner (method crate not in this
+    /// build) the step is recorded as "not yet available" with the commands it will run.
+    fn method(&mut self, m: &MethodStep) -> Result<()> {
+        self.announce(&format!("{}: train and analyse", m.name));
+        let dir = m.sub.to_string();
+        let run_dir = path_str(&self.out.join(&dir));
+        let train: Vec<String> = vec![
             path_str(&self.out.join("sim/particles.star")),
-            self.size.epochs,
-            self.seed,
-            path_str(&self.out.join(&dir))
-        );
-        let analyze = format!(
-            "cryoforge {sub} analyze {} --truth {} --truth-models {}",
-            path_str(&self.out.join(&dir)),
+            "--epochs".into(),
+            self.size.epochs.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+            "--out".into(),
+            run_dir.clone(),
+        ];
+        let analyze: Vec<String> = vec![
+            run_dir,
+            "--truth".into(),
             path_str(&self.out.join("sim/truth.csv")),
-            path_str(&self.out.join("structures/trajectory.pdb"))
+            "--truth-models".into(),
+            path_str(&self.out.join("structures/trajectory.pdb")),
+        ];
+        let cmds = format!(
+            "`cryoforge {0} train {1}` then `cryoforge {0} analyze {2}`",
+            m.sub,
+            train.join(" "),
+            analyze.join(" ")
         );
-        // A run made by hand with the commands below into OUT/<sub> is picked up.
-        if let Ok(v) = pc1_frame_abs_spearman(&self.out.join(&dir)) {
-            self.methods
-                .push(json!({"method": method, "dir": dir, "status": "done", "pc1_frame_spearman_abs": v}));
+        let Some(runner) = m.runner else {
             let msg = format!(
-                "existing run in {} (made with `{train}` and `{analyze}`)",
-                self.out.join(&dir).display()
+                "the {} crate (cryoforge-{}) is not in this build yet; when it is, this step runs {cmds}",
+                m.name, m.sub
             );
+            self.methods.push(json!({"method": m.name, "dir": dir, "status": "not yet available", "pc1_frame_spearman_abs": Value::Null}));
             return self.record(StepRecord {
-                name: method.into(),
-                status: "done".into(),
+                name: m.name.into(),
+                status: "not yet available".into(),
                 seconds: 0.0,
-                dir,
+                dir: String::new(),
                 message: msg,
             });
-        }
-        let msg = format!(
-            "the {method} crate (cryoforge-{sub}) is not in this build yet; when it is, this step runs `{train}` then `{analyze}`"
-        );
-        self.methods.push(json!({"method": method, "dir": dir, "status": "not yet available", "pc1_frame_spearman_abs": Value::Null}));
-        self.record(StepRecord {
-            name: method.into(),
-            status: "not yet available".into(),
-            seconds: 0.0,
-            dir: String::new(),
-            message: msg,
-        })
+        };
+        let out = self.out.join(&dir);
+        let mut rho = None;
+        let r = self.timed(m.name, &dir, cmds, |d| {
+            runner(&train, &analyze, &d.sub)?;
+            rho = Some(pc1_frame_abs_spearman(&out)?);
+            Ok(())
+        });
+        self.methods.push(json!({"method": m.name, "dir": dir, "status": if r.is_ok() { "done" } else { "failed" }, "pc1_frame_spearman_abs": rho}));
+        self.save()?;
+        r
     }
 }
+
+/// Train then analyse: `(train argv, analyze argv, ctx)`, argv as after
+/// `cryoforge <sub> train` / `cryoforge <sub> analyze`.
+pub type MethodRunner = fn(&[String], &[String], &Ctx) -> Result<()>;
+
+/// A heterogeneity method step of the demo.
+pub struct MethodStep {
+    pub name: &'static str,
+    /// Subcommand and output folder (`star`, `sphere`).
+    pub sub: &'static str,
+    /// `None` while the method crate is not part of this build.
+    pub runner: Option<MethodRunner>,
+}
+
+/// The methods the demo runs, in order. Wiring a method crate in is one line: its runner,
+/// e.g. `Some(|t, a, ctx| { crate::cmd::star::train(sub_args(t)?, ctx)?; crate::cmd::star::analyze(sub_args(a)?, ctx) })`.
+pub const METHODS: [MethodStep; 2] = [
+    MethodStep { name: "cryoSTAR", sub: "star", runner: None },
+    MethodStep { name: "cryoSPHERE", sub: "sphere", runner: None },
+];
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     let size = DemoSize::from_args(&a);
@@ -364,7 +392,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         t0: Instant::now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         size,
-        total_steps: 6,
+        total_steps: 4 + METHODS.len(),
         seed: a.seed,
     };
     ctx.say(format!(
@@ -377,8 +405,14 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     d.structures()?;
     d.simulate()?;
     d.reconstruct()?;
-    d.method("cryoSTAR", "star")?;
-    d.method("cryoSPHERE", "sphere")?;
+    // A method that fails is recorded and reported; the other steps and the report still run.
+    let mut failed = Vec::new();
+    for m in &METHODS {
+        if let Err(e) = d.method(m) {
+            ctx.say(format!("warning: {e:#}"));
+            failed.push(m.name);
+        }
+    }
     d.announce("writing the report");
     let t = Instant::now();
     d.steps.push(StepRecord {
@@ -402,6 +436,13 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&d.json())?);
+    }
+    if !failed.is_empty() {
+        bail!(
+            "demo steps {} failed; the report {} shows what did run and why",
+            failed.join(", "),
+            report.display()
+        );
     }
     let secs = d.t0.elapsed().as_secs_f64();
     let res: Vec<String> = d
@@ -438,5 +479,49 @@ mod tests {
         let m = morph(&c, &o, &MorphSettings { frames: 4, ..MorphSettings::default() }).unwrap();
         assert_eq!(m.models.len(), 4);
         assert!(m.end_rmsd_a > 3.0, "closed→open Cα RMSD {}", m.end_rmsd_a);
+    }
+
+    #[test]
+    fn a_method_runner_is_called_with_the_demo_paths_and_its_spearman_read() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = Ctx { quiet: true, nested: true };
+        let mut demo = Demo {
+            out: d.path().to_path_buf(),
+            ctx: &ctx,
+            sub: Ctx { quiet: true, nested: true },
+            steps: Vec::new(),
+            methods: Vec::new(),
+            t0: Instant::now(),
+            command: "test".into(),
+            size: DemoSize { n: 10, snr: 0.1, frames: 2, box_px: 64, apix: 1.5, epochs: 1 },
+            total_steps: 1,
+            seed: 3,
+        };
+        // A stand-in method: checks its arguments and writes the analysis it would.
+        fn fake(train: &[String], analyze: &[String], _: &Ctx) -> Result<()> {
+            assert!(
+                train[0].ends_with("sim/particles.star")
+                    && train.contains(&"--seed".to_string())
+                    && train.contains(&"3".to_string())
+            );
+            let out = PathBuf::from(&train[train.len() - 1]);
+            assert_eq!(analyze[0], train[train.len() - 1]);
+            std::fs::create_dir_all(out.join("analysis"))?;
+            std::fs::write(out.join("analysis/truth.json"), "{\"pc1_frame_spearman\": -0.91}")?;
+            Ok(())
+        }
+        demo.method(&MethodStep { name: "fake", sub: "fake", runner: Some(fake) }).unwrap();
+        assert_eq!(demo.methods[0]["pc1_frame_spearman_abs"], json!(0.91));
+        assert_eq!(demo.steps[0].status, "done");
+        demo.method(&MethodStep { name: "absent", sub: "absent", runner: None }).unwrap();
+        assert_eq!(demo.steps[1].status, "not yet available");
+        assert!(demo.steps[1].message.contains("cryoforge absent train"));
+        // A runner that fails leaves a "failed" step and an error.
+        fn broken(_: &[String], _: &[String], _: &Ctx) -> Result<()> {
+            bail!("diverged")
+        }
+        assert!(demo.method(&MethodStep { name: "broken", sub: "broken", runner: Some(broken) }).is_err());
+        assert_eq!(demo.steps[2].status, "failed");
+        assert_eq!(demo.methods[2]["status"], "failed");
     }
 }
