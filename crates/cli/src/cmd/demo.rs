@@ -302,8 +302,12 @@ impl Demo<'_> {
         self.announce(&format!("{}: train and analyse", m.name));
         let dir = m.sub.to_string();
         let run_dir = path_str(&self.out.join(&dir));
+        // Reference: the first model simulate wrote (frame 0, the closed state) in the box
+        // frame, as in the cryoSTAR paper's AdK benchmark.
         let train: Vec<String> = vec![
             path_str(&self.out.join("sim/particles.star")),
+            "--reference".into(),
+            path_str(&self.out.join("sim/model.pdb")),
             "--epochs".into(),
             self.size.epochs.to_string(),
             "--seed".into(),
@@ -364,8 +368,10 @@ pub struct MethodStep {
     pub runner: Option<MethodRunner>,
 }
 
-/// The methods the demo runs, in order. Wiring a method crate in is one line: its runner,
-/// e.g. `Some(|t, a, ctx| { crate::cmd::star::train(sub_args(t)?, ctx)?; crate::cmd::star::analyze(sub_args(a)?, ctx) })`.
+/// The methods the demo runs, in order. Wiring a method crate in is its runner, e.g. for
+/// `cmd::star` (`Args { cmd: Sub::Train(..) | Sub::Analyze(..) }`, `run(Args, &Ctx)`):
+/// `Some(|t, a, ctx| { let sub = |w: &str, v: &[String]| [vec![w.to_string()], v.to_vec()].concat();
+/// crate::cmd::star::run(sub_args(&sub("train", t))?, ctx)?; crate::cmd::star::run(sub_args(&sub("analyze", a))?, ctx) })`.
 pub const METHODS: [MethodStep; 2] = [
     MethodStep { name: "cryoSTAR", sub: "star", runner: None },
     MethodStep { name: "cryoSPHERE", sub: "sphere", runner: None },
