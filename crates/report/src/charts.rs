@@ -457,7 +457,7 @@ pub fn sequence_strip_png(
                     c.stroke_width(2),
                 ))
                 .map_err(|e| err(e.to_string()))?
-                .label(format!("segment {}", k + 1))
+                .label(format!("w{} (segment {k})", k + 1))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         }
         if !weights.is_empty() && weights.len() <= 12 {

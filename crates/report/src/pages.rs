@@ -373,12 +373,15 @@ impl Builder {
                         p.colouring = Colouring::Continuous { values: t[..n].to_vec(), label: "true frame".into() };
                         let tp = truth_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
                         b.png(h, scatter_png(&p), &format!("{name} by true frame"), &format!("Colour: the trajectory frame each particle was simulated from ({tp}, first {n} rows)."));
+                    } else {
+                        let tp = truth_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                        h.p_class("note", &format!("{tp} has {} rows for {n} particles; not used for colouring.", t.len()));
                     }
                 }
                 if labels.is_none() && truth.is_none() {
                     b.png(h, scatter_png(&ScatterPlot::new(name, xl, yl, pts.clone())), name, "Each point is a particle.");
                 }
-                b.png(h, density_png(&format!("{name} density"), xl, yl, &pts, 60), &format!("{name} density"), "Particle density (log scale).");
+                b.png(h, density_png(&format!("{name} density"), xl, yl, &pts, ((n as f64).sqrt() / 2.0).clamp(20.0, 100.0) as usize), &format!("{name} density"), "Particle density (log scale).");
                 h.row_end();
                 if name == "PCA" {
                     pc_values = Some(a);
