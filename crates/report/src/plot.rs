@@ -110,6 +110,7 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
             .configure_mesh()
             .x_desc(p.x_label.as_str())
             .y_desc(p.y_label.as_str())
+            .x_labels(if p.width < 600 { 5 } else { 10 })
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| err(e.to_string()))?;
