@@ -169,6 +169,29 @@ impl Builder {
             Ok(())
         });
         out.push(sec(prefix, "fsc", "FSC curves", fsc));
+        let map = dir.join("map.mrc");
+        if map.is_file() {
+            let mut mh = Html::new();
+            self.guard(&mut mh, |b, h| {
+                let f = cryoforge_io::mrc::MrcFile::open(&map).map_err(|e| rerr(&map, e.to_string()))?;
+                let (nx, ny, nz) = (f.nx(), f.ny(), f.nz());
+                let v = f.read_volume().map_err(|e| rerr(&map, e.to_string()))?;
+                let at = |x: usize, y: usize, z: usize| v[(z * ny + y) * nx + x];
+                let xy: Vec<f32> = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| at(x, y, nz / 2)).collect();
+                let xz: Vec<f32> = (0..nz).flat_map(|z| (0..nx).map(move |x| (x, z))).map(|(x, z)| at(x, ny / 2, z)).collect();
+                let yz: Vec<f32> = (0..nz).flat_map(|z| (0..ny).map(move |y| (y, z))).map(|(y, z)| at(nx / 2, y, z)).collect();
+                let proj: Vec<f32> = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| (0..nz).map(|z| at(x, y, z)).sum()).collect();
+                let tiles = vec![
+                    Tile { pixels: xy, nx, ny, caption: "central xy section".into() },
+                    Tile { pixels: xz, nx, ny: nz, caption: "central xz section".into() },
+                    Tile { pixels: yz, nx: ny, ny: nz, caption: "central yz section".into() },
+                    Tile { pixels: proj, nx, ny, caption: "projection along z".into() },
+                ];
+                b.png(h, image_tiles_png("map.mrc", &tiles, 4, 192), "map sections", "Central sections and a projection of the final map (contrast stretched); open map.mrc in ChimeraX to see it in 3D.");
+                Ok(())
+            });
+            out.push(sec(prefix, "map", "Map sections", mh));
+        }
         out
     }
 
