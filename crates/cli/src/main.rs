@@ -37,6 +37,8 @@ enum Command {
     Report(cmd::report::Args),
     Demo(cmd::demo::Args),
     Morph(cmd::morph::Args),
+    /// cryoSPHERE: train, analyze, toy benchmark.
+    Sphere(cmd::sphere::Args),
 }
 
 fn main() {
@@ -71,6 +73,7 @@ fn main() {
         Command::Report(a) => cmd::report::run(a, &ctx),
         Command::Demo(a) => cmd::demo::run(a, &ctx),
         Command::Morph(a) => cmd::morph::run(a, &ctx),
+        Command::Sphere(a) => cmd::sphere::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

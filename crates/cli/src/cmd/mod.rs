@@ -9,3 +9,4 @@ pub mod reconstruct;
 pub mod report;
 pub mod select;
 pub mod simulate;
+pub mod sphere;
