@@ -12,7 +12,7 @@ fn bin() -> Command {
 
 fn tiny_demo(out: &Path) -> std::process::Output {
     bin()
-        .args(["demo", "--quick", "--n", "300", "--frames", "6", "--json", "--out"])
+        .args(["demo", "--quick", "--n", "300", "--frames", "6", "--steps", "2", "--json", "--out"])
         .arg(out)
         .output()
         .expect("cannot start cryoforge")

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use cryoforge_analysis::{kmeans, pc_traversal, pearson, spearman, KMeansOptions, MatrixView, Pca, UmapOptions};
+use cryoforge_analysis::{
+    kmeans, pc_traversal, pearson, spearman, KMeansOptions, MatrixView, Pca, UmapOptions,
+};
 use cryoforge_io::pdb::AnchorResidue;
 use cryoforge_io::stack::{LoadOptions, ParticleStack};
 use serde_json::json;
@@ -112,15 +114,14 @@ pub fn structures_at(model: &SphereModel, zs: &[f32]) -> Result<Vec<Vec<[f64; 3]
     let m = model.decode(&z)?;
     let w = model.seg.posterior_mean()?;
     let x: Vec<Vec<Vec<f32>>> = model.deform(&w, &m)?.to_vec3()?;
-    Ok(x.into_iter().map(|s| s.into_iter().map(|p| [p[0] as f64, p[1] as f64, p[2] as f64]).collect()).collect())
+    Ok(x.into_iter()
+        .map(|s| s.into_iter().map(|p| [p[0] as f64, p[1] as f64, p[2] as f64]).collect())
+        .collect())
 }
 
 fn n_clashes(x: &[[f64; 3]], chains: &[String]) -> usize {
     let pairs = cryoforge_nn::structure::pairs_within(x, 0.0, 4.0);
-    pairs
-        .iter()
-        .filter(|&&(i, j)| !(j == i + 1 && chains[i as usize] == chains[j as usize]))
-        .count()
+    pairs.iter().filter(|&&(i, j)| !(j == i + 1 && chains[i as usize] == chains[j as usize])).count()
 }
 
 fn rmsd(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
@@ -158,7 +159,8 @@ fn read_truth_models(path: &Path) -> Result<Vec<Vec<[f64; 3]>>> {
 
 /// The `model` column of a simulate truth.csv.
 pub fn read_truth_models_column(path: &Path) -> Result<Vec<usize>> {
-    let t = std::fs::read_to_string(path).map_err(|e| SphereError::file(path, format!("cannot read: {e}")))?;
+    let t =
+        std::fs::read_to_string(path).map_err(|e| SphereError::file(path, format!("cannot read: {e}")))?;
     let mut lines = t.lines();
     let header = lines.next().ok_or_else(|| SphereError::file(path, "empty"))?;
     let col = header
@@ -194,7 +196,8 @@ pub fn analyze(
         .and_then(|d| d.get("particles"))
         .and_then(|p| p.as_str())
         .ok_or_else(|| SphereError::file(&toml_path, "no [data] particles"))?;
-    let n_expected = rt.get("data").and_then(|d| d.get("n_particles")).and_then(|v| v.as_integer()).unwrap_or(-1);
+    let n_expected =
+        rt.get("data").and_then(|d| d.get("n_particles")).and_then(|v| v.as_integer()).unwrap_or(-1);
     let mut stack = ParticleStack::load(Path::new(ppath), &LoadOptions::default())?;
     if n_expected >= 0 && stack.len() as i64 != n_expected {
         if (n_expected as usize) < stack.len() {
@@ -211,7 +214,8 @@ pub fn analyze(
     let k = model.seg.n_segments();
     let zd = cfg.zdim;
     let dec = decode_all(&model, &meta, &stack, progress)?;
-    let x0: Vec<[f64; 3]> = model.x0.to_vec2::<f32>()?.iter().map(|p| [p[0] as f64, p[1] as f64, p[2] as f64]).collect();
+    let x0: Vec<[f64; 3]> =
+        model.x0.to_vec2::<f32>()?.iter().map(|p| [p[0] as f64, p[1] as f64, p[2] as f64]).collect();
     let residues = residues_of(&meta, &x0);
     let r = residues.len();
 
@@ -240,7 +244,12 @@ pub fn analyze(
     npy::write_f32(&out.join("pca.npy"), &pv, &[n, npc])?;
     let mut csv = String::from("pc,variance,ratio\n");
     for j in 0..npc {
-        csv.push_str(&format!("{},{},{}\n", j + 1, pca.explained_variance()[j], pca.explained_variance_ratio()[j]));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            j + 1,
+            pca.explained_variance()[j],
+            pca.explained_variance_ratio()[j]
+        ));
     }
     write(&out.join("pca_explained.csv"), &csv)?;
 
@@ -291,7 +300,8 @@ pub fn analyze(
         let tr = pc_traversal(zview, &pca, pc, o.pc_points.max(2), 5.0, 95.0)?;
         let dir = out.join(format!("pc{}", pc + 1));
         mkdir(&dir)?;
-        let zs: Vec<f32> = tr.iter().flat_map(|t| t.latent.iter().map(|&v| v as f32).collect::<Vec<_>>()).collect();
+        let zs: Vec<f32> =
+            tr.iter().flat_map(|t| t.latent.iter().map(|&v| v as f32).collect::<Vec<_>>()).collect();
         let ss = structures_at(&model, &zs)?;
         cryoforge_io::pdb::write_ca_models(dir.join("traversal.pdb"), &residues, &ss, None)?;
         let mut zt = String::new();
@@ -410,7 +420,10 @@ pub fn analyze(
                         SphereError::file(tm, format!("no model {} (particle {i})", frames[i]))
                     })?;
                     if t.len() != r {
-                        return Err(SphereError::file(tm, format!("{} residues, the reference has {r}", t.len())));
+                        return Err(SphereError::file(
+                            tm,
+                            format!("{} residues, the reference has {r}", t.len()),
+                        ));
                     }
                     let (a, b) = (rmsd(&all_coords[i], t), rmsd(&x0, t));
                     sp += a;
@@ -434,7 +447,8 @@ pub fn analyze(
                 tj.insert("per_frame_rmsd".into(), json!(pf));
             }
             truth_json = serde_json::Value::Object(tj);
-            let text = serde_json::to_string_pretty(&truth_json).map_err(|e| SphereError::msg(e.to_string()))?;
+            let text =
+                serde_json::to_string_pretty(&truth_json).map_err(|e| SphereError::msg(e.to_string()))?;
             write(&out.join("truth.json"), &(text + "\n"))?;
         }
     }

@@ -165,7 +165,8 @@ impl SphereConfig {
             Some(s) => s.clone(),
             None => v,
         };
-        let c: SphereConfig = v.try_into().map_err(|e: toml::de::Error| SphereError::file(path, e.to_string()))?;
+        let c: SphereConfig =
+            v.try_into().map_err(|e: toml::de::Error| SphereError::file(path, e.to_string()))?;
         c.validate().map_err(|e| SphereError::file(path, e.to_string()))?;
         Ok(c)
     }
@@ -188,7 +189,8 @@ impl SphereConfig {
         if self.epochs == Some(0) || self.steps == Some(0) {
             return bad("epochs/steps", "must be at least 1");
         }
-        for (f, v) in [("lr", self.lr), ("lr_segmentation", self.lr_segmentation), ("sigma_a", self.sigma_a)] {
+        for (f, v) in [("lr", self.lr), ("lr_segmentation", self.lr_segmentation), ("sigma_a", self.sigma_a)]
+        {
             if !(v.is_finite() && v > 0.0) {
                 return bad(f, "must be positive");
             }
@@ -221,6 +223,7 @@ impl SphereConfig {
         if let Some(s) = self.steps {
             return s.div_ceil(per_epoch);
         }
-        self.epochs.unwrap_or_else(|| DEFAULT_IMAGE_BUDGET.div_ceil(n.max(1) as u64).clamp(1, REFERENCE_EPOCHS))
+        self.epochs
+            .unwrap_or_else(|| DEFAULT_IMAGE_BUDGET.div_ceil(n.max(1) as u64).clamp(1, REFERENCE_EPOCHS))
     }
 }

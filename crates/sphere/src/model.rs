@@ -279,7 +279,13 @@ fn t1(v: &[f64], dev: &Device, dt: DType) -> Result<Tensor> {
 
 impl Segmentation {
     /// Posteriors initialised at the prior.
-    pub fn new(layout: PartLayout, prior: SegPrior, tau: f64, dev: &Device, dt: DType) -> Result<Segmentation> {
+    pub fn new(
+        layout: PartLayout,
+        prior: SegPrior,
+        tau: f64,
+        dev: &Device,
+        dt: DType,
+    ) -> Result<Segmentation> {
         let k = layout.n_segments();
         let r = layout.part_of.len();
         let var = |v: &[f64]| -> Result<Var> { Ok(Var::from_tensor(&t1(v, dev, dt)?)?) };
@@ -338,7 +344,8 @@ impl Segmentation {
         let m = m.unsqueeze(1)?;
         let s = s.unsqueeze(1)?;
         let d = self.pos.broadcast_sub(&m)?.broadcast_div(&s)?; // [B, R, K]
-        let logit = ((d.sqr()? * -0.5)?.broadcast_sub(&s.log()?)?.broadcast_add(&pi.unsqueeze(1)?)? / self.tau)?;
+        let logit =
+            ((d.sqr()? * -0.5)?.broadcast_sub(&s.log()?)?.broadcast_add(&pi.unsqueeze(1)?)? / self.tau)?;
         let logit = logit.broadcast_add(&self.mask_add)?;
         let w = cryoforge_nn::ops::softmax(&logit)?;
         Ok(w.broadcast_mul(&self.covered)?)
@@ -356,7 +363,9 @@ impl Segmentation {
         let draw = |mu: &Var, logsd: &Var, rng: &mut R| -> Result<Tensor> {
             let eps: Vec<f32> = (0..b * k).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
             let eps = Tensor::from_vec(eps, (b, k), mu.device())?.to_dtype(mu.dtype())?;
-            Ok(eps.broadcast_mul(&logsd.as_tensor().exp()?.unsqueeze(0)?)?.broadcast_add(&mu.as_tensor().unsqueeze(0)?)?)
+            Ok(eps
+                .broadcast_mul(&logsd.as_tensor().exp()?.unsqueeze(0)?)?
+                .broadcast_add(&mu.as_tensor().unsqueeze(0)?)?)
         };
         let m = draw(&v.mean_mu, &v.mean_logsd, rng)?;
         let s = Self::width(&draw(&v.std_mu, &v.std_logsd, rng)?)?;
@@ -379,7 +388,8 @@ impl Segmentation {
         let v = &self.vars;
         let p = &self.prior_t;
         let kl = |mu: &Var, logsd: &Var, pm: &Tensor, ps: &Tensor| -> Result<Tensor> {
-            Ok(cryoforge_nn::loss::gaussian_kl_std(mu.as_tensor(), &logsd.as_tensor().exp()?, pm, ps)?.sum_all()?)
+            Ok(cryoforge_nn::loss::gaussian_kl_std(mu.as_tensor(), &logsd.as_tensor().exp()?, pm, ps)?
+                .sum_all()?)
         };
         Ok((
             kl(&v.mean_mu, &v.mean_logsd, &p[0], &p[1])?,

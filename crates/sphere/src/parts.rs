@@ -121,7 +121,12 @@ impl Layout {
     }
 
     /// Parts from a parts file; `default_segm` for lines without a segment count.
-    pub fn from_specs(chains: &[String], seqs: &[i32], specs: &[PartSpec], default_segm: usize) -> Result<Layout> {
+    pub fn from_specs(
+        chains: &[String],
+        seqs: &[i32],
+        specs: &[PartSpec],
+        default_segm: usize,
+    ) -> Result<Layout> {
         let s: Vec<(String, Option<(i32, i32)>, usize)> = specs
             .iter()
             .map(|p| (p.chain.clone(), Some((p.first, p.last)), p.n_segm.unwrap_or(default_segm)))
@@ -129,7 +134,11 @@ impl Layout {
         Layout::build(chains, Some(seqs), &s)
     }
 
-    fn build(chains: &[String], seqs: Option<&[i32]>, specs: &[(String, Option<(i32, i32)>, usize)]) -> Result<Layout> {
+    fn build(
+        chains: &[String],
+        seqs: Option<&[i32]>,
+        specs: &[(String, Option<(i32, i32)>, usize)],
+    ) -> Result<Layout> {
         let r = chains.len();
         let mut part_of = vec![None; r];
         let mut pos = vec![0f32; r];
@@ -157,7 +166,10 @@ impl Layout {
             }
             if part_len[p] == 0 {
                 let rng = range.map(|(a, b)| format!(" residues {a}-{b}")).unwrap_or_default();
-                return Err(SphereError::msg(format!("part {} (chain {chain}{rng}) matches no residue", p + 1)));
+                return Err(SphereError::msg(format!(
+                    "part {} (chain {chain}{rng}) matches no residue",
+                    p + 1
+                )));
             }
         }
         let n_segm: Vec<usize> = specs.iter().map(|s| s.2).collect();

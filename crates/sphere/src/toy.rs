@@ -146,7 +146,8 @@ pub fn build(pdb: &Path, out: &Path, spec: &ToySpec) -> Result<ToyInfo> {
         return Err(SphereError::file(pdb, "the moving body must be a proper subset of the residues"));
     }
     let (cm, cf) = (centroid(&moving), centroid(&fixed));
-    let dist = |p: [f64; 3]| ((p[0] - cf[0]).powi(2) + (p[1] - cf[1]).powi(2) + (p[2] - cf[2]).powi(2)).sqrt();
+    let dist =
+        |p: [f64; 3]| ((p[0] - cf[0]).powi(2) + (p[1] - cf[1]).powi(2) + (p[2] - cf[2]).powi(2)).sqrt();
     // Negative angles must open the body.
     if dist(rotate_about(cm, p1, a, -0.3)) < dist(cm) {
         a = a.map(|v| -v);

@@ -80,7 +80,8 @@ impl ModelMeta {
 
     pub fn read(run: &Path) -> Result<ModelMeta> {
         let p = run.join("model.json");
-        let t = std::fs::read_to_string(&p).map_err(|e| SphereError::file(&p, format!("cannot read: {e}")))?;
+        let t =
+            std::fs::read_to_string(&p).map_err(|e| SphereError::file(&p, format!("cannot read: {e}")))?;
         serde_json::from_str(&t).map_err(|e| SphereError::file(&p, e.to_string()))
     }
 }
@@ -197,10 +198,8 @@ pub fn write_run_toml(out: &Path, cfg: &SphereConfig, command: &str, stack: &Par
     run.insert("command".into(), command.into());
     run.insert("method".into(), "cryosphere".into());
     run.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     run.insert("started".into(), toml::Value::String(format!("unix:{started}")));
     run.insert("seed".into(), toml::Value::Integer(cfg.seed as i64));
     let settings = toml::Value::try_from(cfg).map_err(|e| SphereError::msg(format!("settings: {e}")))?;
@@ -275,7 +274,11 @@ fn structural(cfg: &SphereConfig, res: &[AnchorResidue], dev: &Device) -> Result
 }
 
 /// Train (or resume) a run; `on_step` is called after every optimiser step.
-pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Progress)) -> Result<TrainSummary> {
+pub fn train(
+    cfg: &SphereConfig,
+    inp: TrainInputs,
+    on_step: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
     cfg.validate()?;
     let dev = Device::Cpu;
     let stack = inp.stack.clone();
@@ -358,7 +361,11 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
                 metrics_csv = String::new();
                 for (i, line) in t.lines().enumerate() {
                     let keep = i == 0
-                        || line.split(',').next().and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v <= step);
+                        || line
+                            .split(',')
+                            .next()
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .is_some_and(|v| v <= step);
                     if keep {
                         metrics_csv.push_str(line);
                         metrics_csv.push('\n');
@@ -383,8 +390,12 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
     let ramp = ((total as f64) * cfg.kl_ramp_fraction).round() as u64;
     let beta_z = Schedule::Linear { start: 0.0, end: cfg.kl_latent, steps: ramp };
     let beta_s = Schedule::Linear { start: 0.0, end: cfg.kl_segmentation, steps: ramp };
-    let beta_p =
-        Schedule::Cyclical { max: cfg.kl_proportions, total, cycles: cfg.kl_cycles, ratio: cfg.kl_cycle_ratio };
+    let beta_p = Schedule::Cyclical {
+        max: cfg.kl_proportions,
+        total,
+        cycles: cfg.kl_cycles,
+        ratio: cfg.kl_cycle_ratio,
+    };
     let t0 = Instant::now();
     let step0 = step;
     let mut acc = [0f64; 1 + METRIC_COLS.len()];
@@ -424,10 +435,8 @@ pub fn train(cfg: &SphereConfig, inp: TrainInputs, on_step: &mut dyn FnMut(&Prog
                 .mean_all()?;
             let (klm, kls, klp) = model.seg.kl()?;
             let (bz, bs, bp) = (beta_z.value(step), beta_s.value(step), beta_p.value(step));
-            let mut loss = (&recon
-                + (&klz * (bz / d2))?
-                + ((&klm + &kls)? * (bs / d2))?
-                + (&klp * (bp / d2))?)?;
+            let mut loss =
+                (&recon + (&klz * (bz / d2))? + ((&klm + &kls)? * (bs / d2))? + (&klp * (bp / d2))?)?;
             let cont = match &st.cont {
                 Some((p, d0)) => cryoforge_nn::loss::continuity_loss(&coords, p, d0)?,
                 None => zeros.clone(),
@@ -542,10 +551,8 @@ pub fn load_model(run: &Path) -> Result<(SphereModel, ModelMeta, SphereConfig)> 
     let meta = ModelMeta::read(run)?;
     let dev = Device::Cpu;
     let reference = cryoforge_io::pdb::read_structure(run.join("reference.pdb"))?;
-    let model0 = reference
-        .models
-        .first()
-        .ok_or_else(|| SphereError::file(&run.join("reference.pdb"), "no model"))?;
+    let model0 =
+        reference.models.first().ok_or_else(|| SphereError::file(&run.join("reference.pdb"), "no model"))?;
     let res = cryoforge_io::pdb::anchor_atoms(model0)
         .map_err(|e| SphereError::file(&run.join("reference.pdb"), e.to_string()))?;
     if res.len() != meta.amplitudes.len() {
@@ -561,7 +568,10 @@ pub fn load_model(run: &Path) -> Result<(SphereModel, ModelMeta, SphereConfig)> 
     for (name, var) in model.all_vars() {
         let t = w.get(&name).ok_or_else(|| SphereError::file(&wp, format!("lacks parameter {name}")))?;
         if t.dims() != var.dims() {
-            return Err(SphereError::file(&wp, format!("parameter {name}: shape {:?}, model {:?}", t.dims(), var.dims())));
+            return Err(SphereError::file(
+                &wp,
+                format!("parameter {name}: shape {:?}, model {:?}", t.dims(), var.dims()),
+            ));
         }
         var.set(t)?;
     }

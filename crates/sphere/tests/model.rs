@@ -56,7 +56,8 @@ fn membership_sums_to_one_and_hardens_with_temperature() {
 fn residues_outside_parts_do_not_move_and_parts_are_separate() {
     let chains = vec!["A".to_string(); 10];
     let seqs: Vec<i32> = (1..=10).collect();
-    let specs = cryoforge_sphere::parts::parse_parts("A 1-4 2\nA 5-8 3\n", std::path::Path::new("p")).unwrap();
+    let specs =
+        cryoforge_sphere::parts::parse_parts("A 1-4 2\nA 5-8 3\n", std::path::Path::new("p")).unwrap();
     let layout = Layout::from_specs(&chains, &seqs, &specs, 20).unwrap();
     let cfg = SphereConfig::default();
     let prior = SegPrior::reference(&layout, &cfg);
@@ -121,7 +122,8 @@ fn pure_rotation_of_one_segment_is_reproduced_exactly() {
         let t = Tensor::zeros((1, 2, 3), DType::F64, &dev).unwrap();
         let m = motions_from_v(&v, &t, param).unwrap();
         let c = segment_centres(&w, &x0, centre).unwrap();
-        let out: Vec<Vec<f64>> = deform(&x0, &w, &m, c.as_ref()).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let out: Vec<Vec<f64>> =
+            deform(&x0, &w, &m, c.as_ref()).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
         let centre_pt = match centre {
             RotationCentre::Origin => [0.0; 3],
             RotationCentre::Centroid => {
@@ -140,9 +142,15 @@ fn pure_rotation_of_one_segment_is_reproduced_exactly() {
             }
         }
         // The moving segment is rigid: all its internal distances are kept.
-        let d = |a: &[f64], b: &[f64; 3]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+        let d = |a: &[f64], b: &[f64; 3]| {
+            ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+        };
         let d0 = |a: &[f64; 3], b: &[f64; 3]| d(a, b);
-        assert!((d(&out[split], &[out[r - 1][0], out[r - 1][1], out[r - 1][2]]) - d0(&x0v[split], &x0v[r - 1])).abs() < 1e-9);
+        assert!(
+            (d(&out[split], &[out[r - 1][0], out[r - 1][1], out[r - 1][2]]) - d0(&x0v[split], &x0v[r - 1]))
+                .abs()
+                < 1e-9
+        );
     }
 }
 
@@ -170,10 +178,10 @@ fn clash_loss_is_finite_and_zero_without_clashes() {
     let r = 30;
     let dev = Device::Cpu;
     let x0v = chain_coords(r);
-    let x0 = Tensor::from_vec(x0v.iter().flatten().map(|&v| v as f32).collect::<Vec<f32>>(), (r, 3), &dev).unwrap();
+    let x0 = Tensor::from_vec(x0v.iter().flatten().map(|&v| v as f32).collect::<Vec<f32>>(), (r, 3), &dev)
+        .unwrap();
     let chain = vec![0u32; r];
-    let all: Vec<(u32, u32)> =
-        (0..r as u32).flat_map(|i| (i + 2..r as u32).map(move |j| (i, j))).collect();
+    let all: Vec<(u32, u32)> = (0..r as u32).flat_map(|i| (i + 2..r as u32).map(move |j| (i, j))).collect();
     let light = cryoforge_nn::structure::clash_pairs(&x0v, &chain, 4.0, 10.0);
     let x = x0.unsqueeze(0).unwrap().repeat((2, 1, 1)).unwrap();
     // Spread the chain out so that no non-consecutive pair is closer than 4 Å.
@@ -194,7 +202,14 @@ fn clash_loss_is_finite_and_zero_without_clashes() {
 }
 
 /// Deformation as a function of (v, t, segmentation means) for finite differences.
-fn deformed_sum(x0: &Tensor, seg: &Segmentation, v: &Tensor, t: &Tensor, proj: &Tensor, centre: RotationCentre) -> Tensor {
+fn deformed_sum(
+    x0: &Tensor,
+    seg: &Segmentation,
+    v: &Tensor,
+    t: &Tensor,
+    proj: &Tensor,
+    centre: RotationCentre,
+) -> Tensor {
     let w = seg.posterior_mean().unwrap();
     let m = motions_from_v(v, t, RotationParam::Quaternion).unwrap();
     let c = segment_centres(&w, x0, centre).unwrap();
@@ -215,7 +230,8 @@ fn deformation_gradients_match_finite_differences() {
     let seg = Segmentation::new(layout, prior, 0.5, &dev, DType::F64).unwrap();
     let vv: Vec<f64> = (0..2 * k * 3).map(|i| 0.37 * ((i as f64) * 1.3).sin()).collect();
     let v = Var::from_vec(vv[..k * 3].to_vec(), (2 / 2, k, 3), &dev).unwrap();
-    let t = Var::from_vec(vv[k * 3..].iter().map(|x| 3.0 * x).collect::<Vec<f64>>(), (1, k, 3), &dev).unwrap();
+    let t =
+        Var::from_vec(vv[k * 3..].iter().map(|x| 3.0 * x).collect::<Vec<f64>>(), (1, k, 3), &dev).unwrap();
     let pv: Vec<f64> = (0..r * 3).map(|i| ((i as f64) * 0.71).cos()).collect();
     let proj = Tensor::from_vec(pv, (1, r, 3), &dev).unwrap();
     for centre in [RotationCentre::Origin, RotationCentre::Centroid] {
@@ -223,7 +239,8 @@ fn deformation_gradients_match_finite_differences() {
         let g = l.backward().unwrap();
         let mean_var = seg.vars.mean_mu.clone();
         let width_var = seg.vars.std_mu.clone();
-        let checks: Vec<(&str, &Var)> = vec![("v", &v), ("t", &t), ("mean", &mean_var), ("width", &width_var)];
+        let checks: Vec<(&str, &Var)> =
+            vec![("v", &v), ("t", &t), ("mean", &mean_var), ("width", &width_var)];
         for (name, var) in checks {
             let an: Vec<f64> = g.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
@@ -232,10 +249,12 @@ fn deformation_gradients_match_finite_differences() {
                 let mut p = base.clone();
                 p[i] += h;
                 var.set(&Tensor::from_vec(p.clone(), var.shape(), &dev).unwrap()).unwrap();
-                let lp: f64 = deformed_sum(&x0, &seg, v.as_tensor(), t.as_tensor(), &proj, centre).to_scalar().unwrap();
+                let lp: f64 =
+                    deformed_sum(&x0, &seg, v.as_tensor(), t.as_tensor(), &proj, centre).to_scalar().unwrap();
                 p[i] -= 2.0 * h;
                 var.set(&Tensor::from_vec(p, var.shape(), &dev).unwrap()).unwrap();
-                let lm: f64 = deformed_sum(&x0, &seg, v.as_tensor(), t.as_tensor(), &proj, centre).to_scalar().unwrap();
+                let lm: f64 =
+                    deformed_sum(&x0, &seg, v.as_tensor(), t.as_tensor(), &proj, centre).to_scalar().unwrap();
                 var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap()).unwrap();
                 let fd = (lp - lm) / (2.0 * h);
                 let tol = 1e-5 * (1.0 + fd.abs());

@@ -59,6 +59,9 @@ pub struct Args {
     /// Training epochs for cryoSTAR/cryoSPHERE (default: the demo's budget).
     #[arg(long, hide = true)]
     pub epochs: Option<usize>,
+    /// Training steps for cryoSTAR/cryoSPHERE (overrides the epochs; for tests).
+    #[arg(long, hide = true)]
+    pub steps: Option<usize>,
 }
 
 /// The resolved size of a demo run.
@@ -70,6 +73,7 @@ pub struct DemoSize {
     pub box_px: usize,
     pub apix: f64,
     pub epochs: usize,
+    pub steps: Option<usize>,
 }
 
 impl DemoSize {
@@ -81,6 +85,7 @@ impl DemoSize {
             box_px: 64,
             apix: 1.5,
             epochs: a.epochs.unwrap_or(if a.quick { 5 } else { 20 }),
+            steps: a.steps,
         }
     }
 }
@@ -161,7 +166,7 @@ impl Demo<'_> {
         json!({
             "command": self.command,
             "version": env!("CARGO_PKG_VERSION"),
-            "size": {"particles": self.size.n, "snr": self.size.snr, "frames": self.size.frames, "box_px": self.size.box_px, "apix_A": self.size.apix, "epochs": self.size.epochs},
+            "size": {"particles": self.size.n, "snr": self.size.snr, "frames": self.size.frames, "box_px": self.size.box_px, "apix_A": self.size.apix, "epochs": self.size.epochs, "steps": self.size.steps},
             "seconds": self.t0.elapsed().as_secs_f64(),
             "steps": self.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
             "methods": self.methods,
@@ -308,8 +313,8 @@ impl Demo<'_> {
             path_str(&self.out.join("sim/particles.star")),
             "--reference".into(),
             path_str(&self.out.join("sim/model.pdb")),
-            "--epochs".into(),
-            self.size.epochs.to_string(),
+            if self.size.steps.is_some() { "--steps" } else { "--epochs" }.into(),
+            self.size.steps.unwrap_or(self.size.epochs).to_string(),
             "--seed".into(),
             self.seed.to_string(),
             "--out".into(),
@@ -319,8 +324,10 @@ impl Demo<'_> {
             run_dir,
             "--truth".into(),
             path_str(&self.out.join("sim/truth.csv")),
+            // The models simulate imaged, in the box frame (structures/trajectory.pdb is
+            // in the PDB's own frame).
             "--truth-models".into(),
-            path_str(&self.out.join("structures/trajectory.pdb")),
+            path_str(&self.out.join("sim/model.pdb")),
         ];
         let cmds = format!(
             "`cryoforge {0} train {1}` then `cryoforge {0} analyze {2}`",
@@ -359,6 +366,17 @@ impl Demo<'_> {
 /// `cryoforge <sub> train` / `cryoforge <sub> analyze`.
 pub type MethodRunner = fn(&[String], &[String], &Ctx) -> Result<()>;
 
+/// `argv` with a subcommand word in front (`train`, `analyze`).
+fn with_sub(word: &str, argv: &[String]) -> Vec<String> {
+    std::iter::once(word.to_string()).chain(argv.iter().cloned()).collect()
+}
+
+/// cryoSPHERE: `cryoforge sphere train …` then `cryoforge sphere analyze …`.
+fn run_sphere(train: &[String], analyze: &[String], ctx: &Ctx) -> Result<()> {
+    crate::cmd::sphere::run(sub_args(&with_sub("train", train))?, ctx)?;
+    crate::cmd::sphere::run(sub_args(&with_sub("analyze", analyze))?, ctx)
+}
+
 /// A heterogeneity method step of the demo.
 pub struct MethodStep {
     pub name: &'static str,
@@ -370,11 +388,10 @@ pub struct MethodStep {
 
 /// The methods the demo runs, in order. Wiring a method crate in is its runner, e.g. for
 /// `cmd::star` (`Args { cmd: Sub::Train(..) | Sub::Analyze(..) }`, `run(Args, &Ctx)`):
-/// `Some(|t, a, ctx| { let sub = |w: &str, v: &[String]| [vec![w.to_string()], v.to_vec()].concat();
-/// crate::cmd::star::run(sub_args(&sub("train", t))?, ctx)?; crate::cmd::star::run(sub_args(&sub("analyze", a))?, ctx) })`.
+/// a function like [`run_sphere`] calling `crate::cmd::star::run` with `train`/`analyze`.
 pub const METHODS: [MethodStep; 2] = [
     MethodStep { name: "cryoSTAR", sub: "star", runner: None },
-    MethodStep { name: "cryoSPHERE", sub: "sphere", runner: None },
+    MethodStep { name: "cryoSPHERE", sub: "sphere", runner: Some(run_sphere) },
 ];
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
@@ -430,16 +447,12 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     });
     d.save()?;
     let report = a.out.join("report.html");
-    let r = crate::cmd::report::write(&a.out, &report)?;
+    // Warnings (unreadable files) are logged by report::write.
+    crate::cmd::report::write(&a.out, &report)?;
     if let Some(s) = d.steps.last_mut() {
         s.seconds = t.elapsed().as_secs_f64();
     }
     d.save()?;
-    // Rewrite the report so it shows the report step's own time.
-    crate::cmd::report::write(&a.out, &report)?;
-    for w in &r.warnings {
-        ctx.say(format!("warning: {w}"));
-    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&d.json())?);
     }
@@ -499,7 +512,7 @@ mod tests {
             methods: Vec::new(),
             t0: Instant::now(),
             command: "test".into(),
-            size: DemoSize { n: 10, snr: 0.1, frames: 2, box_px: 64, apix: 1.5, epochs: 1 },
+            size: DemoSize { n: 10, snr: 0.1, frames: 2, box_px: 64, apix: 1.5, epochs: 1, steps: None },
             total_steps: 1,
             seed: 3,
         };

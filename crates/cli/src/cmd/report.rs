@@ -49,10 +49,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<cryoforge_report::Report> {
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.dir.join("report.html"));
+    // Warnings (unreadable files) are logged by `write`.
     let r = write(&a.dir, &out)?;
-    for w in &r.warnings {
-        ctx.say(format!("warning: {w}"));
-    }
     if a.json {
         let v = serde_json::json!({
             "kind": r.kind.name(),

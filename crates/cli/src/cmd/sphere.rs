@@ -215,7 +215,8 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     let s = cryoforge_io::pdb::read_structure(&a.reference)
         .with_context(|| format!("reading the reference {}", a.reference.display()))?;
     let model = s.models.first().ok_or_else(|| anyhow::anyhow!("{}: no model", a.reference.display()))?;
-    let res = cryoforge_io::pdb::anchor_atoms(model).map_err(|e| anyhow::anyhow!("{}: {e}", a.reference.display()))?;
+    let res = cryoforge_io::pdb::anchor_atoms(model)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.reference.display()))?;
     if res.is_empty() {
         bail!("{}: no residue with a Cα/C1′/P atom", a.reference.display());
     }
@@ -290,10 +291,8 @@ fn analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
 }
 
 fn toy(a: ToyArgs, ctx: &Ctx) -> Result<()> {
-    let (f, l) = a
-        .body
-        .split_once('-')
-        .ok_or_else(|| anyhow::anyhow!("--body {:?}: expected FIRST-LAST", a.body))?;
+    let (f, l) =
+        a.body.split_once('-').ok_or_else(|| anyhow::anyhow!("--body {:?}: expected FIRST-LAST", a.body))?;
     let spec = cryoforge_sphere::toy::ToySpec {
         chain: None,
         first: f.trim().parse().with_context(|| format!("--body {:?}: bad FIRST", a.body))?,
