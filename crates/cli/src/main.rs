@@ -39,6 +39,7 @@ enum Command {
     Morph(cmd::morph::Args),
     /// cryoSPHERE: train, analyze, toy benchmark.
     Sphere(cmd::sphere::Args),
+    Star(cmd::star::Args),
 }
 
 fn main() {
@@ -74,6 +75,7 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a, &ctx),
         Command::Morph(a) => cmd::morph::run(a, &ctx),
         Command::Sphere(a) => cmd::sphere::run(a, &ctx),
+        Command::Star(a) => cmd::star::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

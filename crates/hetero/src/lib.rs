@@ -69,7 +69,7 @@ pub type Result<T> = std::result::Result<T, HeteroError>;
 
 /// A batched decoder: `n` latent vectors (flat, `n·zdim` values) → `n·R` anchor positions
 /// (Å, box frame), structure after structure. Errors are messages.
-pub type Decoder = dyn Fn(&[f32]) -> std::result::Result<Vec<[f32; 3]>, String> + Sync;
+pub type Decoder<'a> = dyn Fn(&[f32]) -> std::result::Result<Vec<[f32; 3]>, String> + Sync + 'a;
 
 /// Settings of [`analyze_run`]. [`AnalyzeOptions::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -195,7 +195,7 @@ pub fn count_clashes(coords: &[[f32; 3]], refs: &[AnchorResidue], cutoff: f64) -
     n
 }
 
-fn decode_all(decode: &Decoder, z: &[f32], zdim: usize, r: usize, batch: usize) -> Result<Vec<[f32; 3]>> {
+fn decode_all(decode: &Decoder<'_>, z: &[f32], zdim: usize, r: usize, batch: usize) -> Result<Vec<[f32; 3]>> {
     let n = z.len() / zdim;
     let mut out = Vec::with_capacity(n * r);
     for chunk in z.chunks(batch.max(1) * zdim) {
@@ -294,7 +294,7 @@ pub fn read_truth_frames(path: &Path) -> Result<HashMap<usize, usize>> {
 pub fn analyze_run(
     latents: &[f32],
     zdim: usize,
-    decode: &Decoder,
+    decode: &Decoder<'_>,
     reference: &[AnchorResidue],
     stack: Option<&ParticleStack>,
     opts: &AnalyzeOptions,

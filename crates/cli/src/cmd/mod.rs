@@ -9,4 +9,8 @@ pub mod reconstruct;
 pub mod report;
 pub mod select;
 pub mod simulate;
+<<<<<<< HEAD
 pub mod sphere;
+=======
+pub mod star;
+>>>>>>> star
