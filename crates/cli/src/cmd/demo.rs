@@ -300,7 +300,7 @@ impl Demo<'_> {
     }
 
     /// A heterogeneity method: train on sim/particles.star into OUT/<sub>, analyse against
-    /// the truth (sim/truth.csv, structures/trajectory.pdb), read PC1–frame |Spearman|
+    /// the truth (sim/truth.csv, sim/model.pdb), read PC1–frame |Spearman|
     /// from OUT/<sub>/analysis/truth.json. Without a runner (method crate not in this
     /// build) the step is recorded as "not yet available" with the commands it will run.
     fn method(&mut self, m: &MethodStep) -> Result<()> {
@@ -371,6 +371,12 @@ fn with_sub(word: &str, argv: &[String]) -> Vec<String> {
     std::iter::once(word.to_string()).chain(argv.iter().cloned()).collect()
 }
 
+/// cryoSTAR: `cryoforge star train …` then `cryoforge star analyze …`.
+fn run_star(train: &[String], analyze: &[String], ctx: &Ctx) -> Result<()> {
+    crate::cmd::star::run(sub_args(&with_sub("train", train))?, ctx)?;
+    crate::cmd::star::run(sub_args(&with_sub("analyze", analyze))?, ctx)
+}
+
 /// cryoSPHERE: `cryoforge sphere train …` then `cryoforge sphere analyze …`.
 fn run_sphere(train: &[String], analyze: &[String], ctx: &Ctx) -> Result<()> {
     crate::cmd::sphere::run(sub_args(&with_sub("train", train))?, ctx)?;
@@ -386,11 +392,9 @@ pub struct MethodStep {
     pub runner: Option<MethodRunner>,
 }
 
-/// The methods the demo runs, in order. Wiring a method crate in is its runner, e.g. for
-/// `cmd::star` (`Args { cmd: Sub::Train(..) | Sub::Analyze(..) }`, `run(Args, &Ctx)`):
-/// a function like [`run_sphere`] calling `crate::cmd::star::run` with `train`/`analyze`.
+/// The methods the demo runs, in order; each runner calls the method's subcommands.
 pub const METHODS: [MethodStep; 2] = [
-    MethodStep { name: "cryoSTAR", sub: "star", runner: None },
+    MethodStep { name: "cryoSTAR", sub: "star", runner: Some(run_star) },
     MethodStep { name: "cryoSPHERE", sub: "sphere", runner: Some(run_sphere) },
 ];
 
