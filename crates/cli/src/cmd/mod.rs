@@ -9,8 +9,5 @@ pub mod reconstruct;
 pub mod report;
 pub mod select;
 pub mod simulate;
-<<<<<<< HEAD
 pub mod sphere;
-=======
 pub mod star;
->>>>>>> star
