@@ -7,13 +7,20 @@ use std::path::{Path, PathBuf};
 /// Global options every command sees.
 pub struct Ctx {
     pub quiet: bool,
+    /// Running as a step of another command (`demo`): the final line goes to stderr
+    /// (silenced by --quiet) so that only the outer command's result reaches stdout.
+    pub nested: bool,
 }
 
 impl Ctx {
     /// The final line of a command: where the results are. Printed even with --quiet, on
     /// stderr, so that stdout carries only machine-readable output (`--json`).
     pub fn done(&self, msg: impl AsRef<str>) {
-        eprintln!("{}", msg.as_ref());
+        if self.nested {
+            self.say(msg);
+        } else {
+            eprintln!("{}", msg.as_ref());
+        }
     }
     /// A progress bar (hidden with --quiet or when stderr is not a terminal).
     pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {

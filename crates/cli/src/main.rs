@@ -34,10 +34,12 @@ enum Command {
     Simulate(cmd::simulate::Args),
     CenterModel(cmd::center_model::Args),
     Pdb2map(cmd::pdb2map::Args),
+    Report(cmd::report::Args),
+    Demo(cmd::demo::Args),
     Morph(cmd::morph::Args),
-    Star(cmd::star::Args),
     /// cryoSPHERE: train, analyze, toy benchmark.
     Sphere(cmd::sphere::Args),
+    Star(cmd::star::Args),
 }
 
 fn main() {
@@ -61,7 +63,7 @@ fn main() {
             eprintln!("warning: could not set the thread count: {e}");
         }
     }
-    let ctx = common::Ctx { quiet: cli.quiet };
+    let ctx = common::Ctx { quiet: cli.quiet, nested: false };
     let r = match cli.command {
         Command::Info(a) => cmd::info::run(a, &ctx),
         Command::Convert(a) => cmd::convert::run(a, &ctx),
@@ -71,9 +73,11 @@ fn main() {
         Command::Simulate(a) => cmd::simulate::run(a, &ctx),
         Command::CenterModel(a) => cmd::center_model::run(a, &ctx),
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),
+        Command::Report(a) => cmd::report::run(a, &ctx),
+        Command::Demo(a) => cmd::demo::run(a, &ctx),
         Command::Morph(a) => cmd::morph::run(a, &ctx),
-        Command::Star(a) => cmd::star::run(a, &ctx),
         Command::Sphere(a) => cmd::sphere::run(a, &ctx),
+        Command::Star(a) => cmd::star::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

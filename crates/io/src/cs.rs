@@ -26,7 +26,7 @@ use crate::atomic::write_bytes_atomic;
 use crate::error::{IoError, Result};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 6] = b"\x93NUMPY";
+pub(crate) const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
 /// Field-name prefixes cryoSPARC uses for its result groups.
 pub const KNOWN_PREFIXES: [&str; 5] = ["blob", "ctf", "alignments3D", "alignments_class_0", "alignments2D"];
@@ -158,7 +158,7 @@ pub struct CsFile {
 
 /// A Python literal as it appears in an npy header.
 #[derive(Debug, Clone, PartialEq)]
-enum Py {
+pub(crate) enum Py {
     Str(String),
     Int(i64),
     Bool(bool),
@@ -338,7 +338,7 @@ impl PyParser<'_> {
     }
 }
 
-fn parse_py(text: &str) -> PResult<Py> {
+pub(crate) fn parse_py(text: &str) -> PResult<Py> {
     let chars: Vec<char> = text.chars().collect();
     let mut p = PyParser { s: &chars, pos: 0 };
     let v = p.value(0)?;
@@ -351,7 +351,7 @@ fn parse_py(text: &str) -> PResult<Py> {
 // ---------------------------------------------------------------------------
 
 /// Parse a numpy type string such as `<f4`, `|S89`.
-fn parse_typestr(s: &str) -> PResult<(CsType, ByteOrder)> {
+pub(crate) fn parse_typestr(s: &str) -> PResult<(CsType, ByteOrder)> {
     let mut chars = s.chars();
     let (order, rest) = match chars.next() {
         Some('<') => (ByteOrder::Little, chars.as_str()),
@@ -495,7 +495,7 @@ fn show_shape(t: &[Py]) -> String {
 }
 
 /// Version, header text and the offset where the records start.
-fn read_preamble(path: &Path, bytes: &[u8]) -> Result<(u8, String, usize)> {
+pub(crate) fn read_preamble(path: &Path, bytes: &[u8]) -> Result<(u8, String, usize)> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(IoError::file(path, "not a NumPy .npy file (the \\x93NUMPY magic is missing)"));
     }
@@ -527,7 +527,7 @@ fn read_preamble(path: &Path, bytes: &[u8]) -> Result<(u8, String, usize)> {
 // Reading and access
 // ---------------------------------------------------------------------------
 
-fn decode_f64(ty: CsType, order: ByteOrder, b: &[u8]) -> Option<f64> {
+pub(crate) fn decode_f64(ty: CsType, order: ByteOrder, b: &[u8]) -> Option<f64> {
     let big = order == ByteOrder::Big;
     macro_rules! num {
         ($t:ty, $n:literal) => {{
@@ -828,7 +828,7 @@ fn py_repr(s: &str) -> String {
     out
 }
 
-fn py_shape(dims: &[usize]) -> String {
+pub(crate) fn py_shape(dims: &[usize]) -> String {
     match dims {
         [d] => format!("({d},)"),
         _ => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),

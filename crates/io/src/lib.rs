@@ -5,6 +5,7 @@
 //! - [`mrc`]: MRC2014 maps and image stacks (memory-mapped, lazy).
 //! - [`star`]: RELION STAR files (3.0 single block, 3.1+/5 optics + particles).
 //! - [`cs`]: cryoSPARC `.cs` numpy structured arrays.
+//! - [`npy`]: plain numeric NumPy `.npy` arrays (run-directory latents, images).
 //! - [`pkl`]: cryoDRGN pose and CTF pickles (numpy arrays in pickles).
 //! - [`pdb`]: PDB and mmCIF atomic models.
 
@@ -13,6 +14,7 @@ pub mod cs;
 pub mod error;
 pub mod export;
 pub mod mrc;
+pub mod npy;
 pub mod pdb;
 pub mod pkl;
 pub mod stack;

@@ -1,4 +1,5 @@
-//! Line plots to PNG bytes.
+//! Plots to PNG bytes: line plots, scatter plots (categorical or continuous colour),
+//! 2-D density maps, histograms and image tiles.
 
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -7,7 +8,7 @@ use std::sync::Once;
 static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn ensure_font() {
+pub(crate) fn ensure_font() {
     REGISTER.call_once(|| {
         // Registration only fails for an unparsable font, which the embedded one is not.
         let _ = register_font("sans-serif", FontStyle::Normal, FONT);
@@ -58,13 +59,17 @@ impl LinePlot {
     }
 }
 
-const COLOURS: [RGBColor; 6] = [
+pub(crate) const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// Render a line plot to PNG bytes.
@@ -105,6 +110,7 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
             .configure_mesh()
             .x_desc(p.x_label.as_str())
             .y_desc(p.y_label.as_str())
+            .x_labels(if p.width < 600 { 5 } else { 10 })
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| err(e.to_string()))?;
@@ -137,7 +143,7 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
 }
 
 /// Encode an RGB buffer as PNG in memory.
-fn encode_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
     use image::ImageEncoder;
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)

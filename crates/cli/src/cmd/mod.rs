@@ -1,10 +1,12 @@
 pub mod center_model;
 pub mod convert;
+pub mod demo;
 pub mod downsample;
 pub mod info;
 pub mod morph;
 pub mod pdb2map;
 pub mod reconstruct;
+pub mod report;
 pub mod select;
 pub mod simulate;
 pub mod sphere;

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 /// a padded grid, half maps from a random (seeded) or given split, FSC-based (SSNR) or
 /// Tikhonov regularisation, gridding correction, optional point-group symmetry.
 ///
-/// Writes OUT/map.mrc, half_a.mrc, half_b.mrc, fsc.csv, fsc.png and summary.json.
+/// Writes OUT/map.mrc, half_a.mrc, half_b.mrc, fsc.csv, fsc.png, summary.json and
+/// report.html (a self-contained HTML report; see `cryoforge report`).
 /// Particles are expected protein-bright (RELION); --invert for dark ones.
 ///
 /// Examples:
@@ -156,14 +157,17 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
     });
     write_json_atomic(&a.out.join("summary.json"), &summary)?;
+    let report = a.out.join("report.html");
+    crate::cmd::report::write(&a.out, &report)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     ctx.done(format!(
-        "reconstructed {} particles in {secs:.1} s: {:.2} Å (FSC 0.143, masked); results in {}",
+        "reconstructed {} particles in {secs:.1} s: {:.2} Å (FSC 0.143, masked); results in {} (report: {})",
         s.len(),
         fsc_masked.resolution_at(0.143),
-        a.out.display()
+        a.out.display(),
+        report.display()
     ));
     Ok(())
 }
