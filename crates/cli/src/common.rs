@@ -1,6 +1,6 @@
 //! Arguments and helpers shared by the subcommands.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cryoforge_io::stack::{LoadOptions, ParticleStack};
 use std::path::{Path, PathBuf};
 
@@ -103,6 +103,28 @@ impl ParticleArgs {
         }
     }
 
+    /// The options that reload the same particles, as `[data]` entries of run.toml (read
+    /// back by [`load_run_stack`]).
+    pub fn run_data_entries(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        let mut opt = |k: &str, p: &Option<PathBuf>| {
+            if let Some(p) = p {
+                v.push((k.to_string(), p.display().to_string()));
+            }
+        };
+        opt("poses", &self.poses);
+        opt("ctf", &self.ctf);
+        opt("datadir", &self.datadir);
+        opt("ind", &self.ind);
+        if let Some(f) = self.first {
+            v.push(("first".into(), f.to_string()));
+        }
+        if self.hetrefine {
+            v.push(("hetrefine".into(), "true".into()));
+        }
+        v
+    }
+
     /// Load the particles' metadata (no pixels are read) and apply --ind/--first.
     pub fn load(&self, ctx: &Ctx) -> Result<ParticleStack> {
         let mut s = ParticleStack::load(&self.particles, &self.load_options())?;
@@ -165,4 +187,44 @@ pub fn write_json_atomic(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)? + "\n";
     cryoforge_io::atomic::write_bytes_atomic(path, text.as_bytes())?;
     Ok(())
+}
+
+/// Reloads the particles a training run used, from RUN/run.toml's `[data]` table
+/// (`particles`, and when present `datadir`, `poses`, `ctf`, `box`, `apix`, `hetrefine`,
+/// `ind`, `first`); the count must equal `n_particles`.
+pub fn load_run_stack(run: &Path, data: &toml::map::Map<String, toml::Value>) -> Result<ParticleStack> {
+    let s = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let particles = s("particles").with_context(|| format!("{}: [data] particles missing", run.display()))?;
+    let opts = LoadOptions {
+        datadir: s("datadir").map(PathBuf::from),
+        poses_pkl: s("poses").map(PathBuf::from),
+        ctf_pkl: s("ctf").map(PathBuf::from),
+        box_px: data.get("box").and_then(|v| v.as_integer()).map(|v| v as usize),
+        apix_a: data.get("apix").and_then(|v| v.as_float()),
+        hetrefine: s("hetrefine").is_some(),
+        ..Default::default()
+    };
+    let mut st = ParticleStack::load(Path::new(&particles), &opts)?;
+    let ind = match s("ind") {
+        Some(p) => Some(read_indices(Path::new(&p))?),
+        None => None,
+    };
+    let first = s("first").and_then(|f| f.parse().ok());
+    st.select_ind_first(ind.as_deref(), first)?;
+    let n = data.get("n_particles").and_then(|v| v.as_integer()).unwrap_or(-1);
+    if n >= 0 && st.len() != n as usize {
+        bail!("{}: run.toml says {n} particles, {particles} now has {}", run.display(), st.len());
+    }
+    Ok(st)
+}
+
+/// RUN/run.toml's `[data]` table.
+pub fn read_run_data(run: &Path) -> Result<toml::map::Map<String, toml::Value>> {
+    let p = run.join("run.toml");
+    let t = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let v: toml::Value = toml::from_str(&t).with_context(|| format!("{}: not valid TOML", p.display()))?;
+    match v.get("data") {
+        Some(toml::Value::Table(d)) => Ok(d.clone()),
+        _ => bail!("{}: no [data] table", p.display()),
+    }
 }

@@ -12,14 +12,14 @@
 //!   (`--parts FILE`; default one part per chain).
 //! - [`config`]: every method setting, with the reference defaults (TOML-serialisable).
 //! - [`train`]: the training loop (run-directory contract: run.toml, metrics, checkpoints).
-//! - [`analyze`]: latents, PCA/UMAP/k-means/traversals, segmentation and per-segment
-//!   motions of a trained run.
+//! - [`analyze`]: the segmentation and per-segment motions of a trained run, and the
+//!   shared analysis ([`cryoforge_hetero::analyze_run`]) with the posterior-mean
+//!   deformation as decoder.
 //! - [`toy`]: the rigid-domain toy benchmark of paper Appendix B.1 built from AdK.
 
 pub mod analyze;
 pub mod config;
 pub mod model;
-pub mod npy;
 pub mod parts;
 pub mod toy;
 pub mod train;
@@ -36,7 +36,7 @@ pub enum SphereError {
     #[error(transparent)]
     Io(#[from] cryoforge_io::IoError),
     #[error(transparent)]
-    Analysis(#[from] cryoforge_analysis::AnalysisError),
+    Hetero(#[from] cryoforge_hetero::HeteroError),
     #[error("{file}: {what}")]
     File { file: String, what: String },
     #[error("{0}")]

@@ -135,6 +135,9 @@ pub struct TrainInputs {
     pub resume: bool,
     /// The command line (for run.toml).
     pub command: String,
+    /// Further `[data]` entries of run.toml that reload the same particles (poses, ctf,
+    /// datadir, ind, first, hetrefine; as given on the command line).
+    pub data_extra: Vec<(String, String)>,
 }
 
 /// Progress report (called after every step).
@@ -193,7 +196,13 @@ fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Write RUN/run.toml (run-directory contract).
-pub fn write_run_toml(out: &Path, cfg: &SphereConfig, command: &str, stack: &ParticleStack) -> Result<()> {
+pub fn write_run_toml(
+    out: &Path,
+    cfg: &SphereConfig,
+    command: &str,
+    stack: &ParticleStack,
+    data_extra: &[(String, String)],
+) -> Result<()> {
     let mut run = toml::map::Map::new();
     run.insert("command".into(), command.into());
     run.insert("method".into(), "cryosphere".into());
@@ -208,6 +217,9 @@ pub fn write_run_toml(out: &Path, cfg: &SphereConfig, command: &str, stack: &Par
     data.insert("n_particles".into(), toml::Value::Integer(stack.len() as i64));
     data.insert("box".into(), toml::Value::Integer(stack.box_px()? as i64));
     data.insert("apix".into(), toml::Value::Float(stack.apix_a()?));
+    for (k, v) in data_extra {
+        data.insert(k.clone(), v.clone().into());
+    }
     let mut root = toml::map::Map::new();
     root.insert("run".into(), toml::Value::Table(run));
     root.insert("settings".into(), settings);
@@ -320,7 +332,7 @@ pub fn train(
         std::slice::from_ref(&x0),
         None,
     )?;
-    write_run_toml(&out, cfg, &inp.command, &stack)?;
+    write_run_toml(&out, cfg, &inp.command, &stack, &inp.data_extra)?;
 
     let mut opt = Adam::new(
         vec![

@@ -9,7 +9,7 @@ use cryoforge_sphere::config::{ClashMode, RotationCentre, RotationParam};
 use cryoforge_sphere::parts::{read_parts, Layout};
 use cryoforge_sphere::SphereConfig;
 
-use crate::common::{write_json_atomic, Ctx, ParticleArgs};
+use crate::common::{load_run_stack, read_run_data, write_json_atomic, Ctx, ParticleArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -101,9 +101,23 @@ pub struct TrainArgs {
     pub log_every: Option<u64>,
 }
 
-/// Analyze a trained run: latents, PCA, UMAP, k-means, PC traversals, segmentation and
-/// per-segment motions (into RUN/analysis).
+/// Analyse a cryoSPHERE run: latents, PCA, UMAP, k-means structures, PC traversals,
+/// Gaussian-density volumes, clash counts; optional per-particle coordinates, per-cluster
+/// STAR files, structures at user latents and truth metrics for simulated data; plus the
+/// segmentation and the per-segment motions. Structures are decoded with the
+/// posterior-mean segmentation and the encoder means.
+///
+/// Writes RUN/analysis/ (or --out): latents.npy/.csv, pca.npy, pca_explained.csv, umap.npy,
+/// kmeans/, pc1/ pc2/ pc3/, clash.csv, summary.json (with the segmentation counts),
+/// truth.json (with a simulate truth.csv), segmentation.csv, segmentation.pdb (segment in
+/// the B-factor column), segment_counts.csv, segment_motions.csv.
+///
+/// Examples:
+///   cryoforge sphere analyze run/
+///   cryoforge sphere analyze run/ --coords-out coords.npy --particles-out clusters/
+///   cryoforge sphere analyze run/ --z my_z.txt
 #[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct AnalyzeArgs {
     /// Run folder of `sphere train`.
     pub run: PathBuf,
@@ -111,26 +125,35 @@ pub struct AnalyzeArgs {
     #[arg(long, short)]
     pub out: Option<PathBuf>,
     /// k-means clusters.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, short = 'k', default_value_t = 10)]
     pub ksample: usize,
-    /// Structures per PC traversal.
-    #[arg(long, default_value_t = 10)]
-    pub pc_points: usize,
-    /// Write every particle's deformed Cα coordinates (float32 [N, R, 3]) here.
-    #[arg(long)]
+    /// Points per PC traversal.
+    #[arg(long, visible_alias = "pc-points", default_value_t = 10)]
+    pub n_points: usize,
+    /// Write every particle's deformed anchors: float32 [N, R, 3] .npy (Å, box frame).
+    #[arg(long, value_name = "FILE.npy")]
     pub coords_out: Option<PathBuf>,
-    /// Write one structure per particle (multi-model PDB) here.
-    #[arg(long)]
+    /// Write the particles of each k-means cluster as STAR files into DIR.
+    #[arg(long, value_name = "DIR")]
     pub particles_out: Option<PathBuf>,
-    /// Ground truth of `cryoforge simulate` (default: truth.csv next to the particles).
-    #[arg(long)]
+    /// Decode these latents (.npy or text, one vector per line) into structures and volumes.
+    #[arg(long, value_name = "FILE")]
+    pub z: Option<PathBuf>,
+    /// Ground truth of a `cryoforge simulate` dataset (default: truth.csv next to the particles).
+    #[arg(long, value_name = "CSV")]
     pub truth: Option<PathBuf>,
-    /// The trajectory the particles were simulated from (per-particle RMSD).
-    #[arg(long)]
+    /// Trajectory of the true frames in the box frame (default: model.pdb next to truth.csv).
+    #[arg(long, value_name = "PDB")]
     pub truth_models: Option<PathBuf>,
     /// Skip UMAP.
     #[arg(long)]
     pub no_umap: bool,
+    /// Skip the Gaussian-density volumes.
+    #[arg(long)]
+    pub no_volumes: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the summary JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -244,6 +267,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         out: a.out.clone(),
         resume: a.resume,
         command,
+        data_extra: a.particles.run_data_entries(),
     };
     let summary = cryoforge_sphere::train::train(&cfg, inputs, &mut |p| {
         bar.set_position(p.step);
@@ -267,26 +291,41 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
 }
 
 fn analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
-    let out = a.out.clone().unwrap_or_else(|| a.run.join("analysis"));
-    let opts = cryoforge_sphere::analyze::AnalyzeOptions {
-        ksample: a.ksample,
-        pc_points: a.pc_points,
-        coords_out: a.coords_out.clone(),
-        particles_out: a.particles_out.clone(),
-        truth: a.truth.clone(),
-        truth_models: a.truth_models.clone(),
-        umap: !a.no_umap,
-    };
-    let bar = ctx.progress(0, "sphere analyze");
-    let summary = cryoforge_sphere::analyze::analyze(&a.run, &out, &opts, &mut |done, total| {
-        bar.set_length(total as u64);
+    let stack = load_run_stack(&a.run, &read_run_data(&a.run)?)?;
+    let d = stack.box_px()?;
+    let apix = stack.apix_a()?;
+    let out_dir = a.out.clone().unwrap_or_else(|| a.run.join("analysis"));
+    let mut o = cryoforge_hetero::AnalyzeOptions::new("cryosphere", out_dir.clone(), d, apix);
+    o.kmeans_k = a.ksample;
+    o.traversal_points = a.n_points;
+    o.umap = !a.no_umap;
+    o.volumes = !a.no_volumes;
+    o.seed = a.seed;
+    o.coords_out = a.coords_out.clone();
+    o.particles_out = a.particles_out.clone();
+    o.z_file = a.z.clone();
+    o.truth_csv = a.truth.clone();
+    o.truth_models = a.truth_models.clone();
+    o.particles_dir = stack.path.parent().map(std::path::Path::to_path_buf);
+    ctx.say(format!("encoding {} particles", stack.len()));
+    let bar = ctx.progress(stack.len() as u64, "sphere analyze (encode)");
+    let s = cryoforge_sphere::analyze::analyze(&a.run, &stack, &o, &mut |done, _| {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", serde_json::to_string_pretty(&s.json)?);
     }
-    ctx.done(format!("analysis in {}", out.display()));
+    if let Some(t) = &s.truth {
+        ctx.say(format!(
+            "truth: |Spearman(PC1, frame)| {:.3}, mean RMSD {:.2} Å (reference {:.2} Å), clash fraction {:.4}",
+            t["pc1_frame_spearman"].as_f64().unwrap_or(f64::NAN).abs(),
+            t["rmsd_mean_A"].as_f64().unwrap_or(f64::NAN),
+            t["rmsd_ref_mean_A"].as_f64().unwrap_or(f64::NAN),
+            s.clash_fraction
+        ));
+    }
+    ctx.done(format!("results in {}", out_dir.display()));
     Ok(())
 }
 

@@ -1,8 +1,7 @@
 //! `cryoforge star`: cryoSTAR training and analysis.
 
-use crate::common::{ensure_dir, read_indices, write_json_atomic, Ctx, ParticleArgs};
-use anyhow::{bail, Context, Result};
-use cryoforge_io::stack::{LoadOptions, ParticleStack};
+use crate::common::{ensure_dir, load_run_stack, write_json_atomic, Ctx, ParticleArgs};
+use anyhow::{Context, Result};
 use cryoforge_star::train::{encode_stack, load_run, prepare, read_run_toml, train, write_run_toml};
 use cryoforge_star::{Reference, StarConfig};
 use std::path::{Path, PathBuf};
@@ -121,7 +120,7 @@ pub struct AnalyzeArgs {
     #[arg(long, short)]
     pub out: Option<PathBuf>,
     /// k-means clusters.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, short = 'k', default_value_t = 10)]
     pub ksample: usize,
     /// Points per PC traversal.
     #[arg(long, default_value_t = 10)]
@@ -285,32 +284,6 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     ));
     ctx.done(format!("results in {}", a.out.display()));
     Ok(())
-}
-
-fn load_run_stack(run: &Path, data: &toml::map::Map<String, toml::Value>) -> Result<ParticleStack> {
-    let s = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let particles = s("particles").with_context(|| format!("{}: [data] particles missing", run.display()))?;
-    let opts = LoadOptions {
-        datadir: s("datadir").map(PathBuf::from),
-        poses_pkl: s("poses").map(PathBuf::from),
-        ctf_pkl: s("ctf").map(PathBuf::from),
-        box_px: data.get("box").and_then(|v| v.as_integer()).map(|v| v as usize),
-        apix_a: data.get("apix").and_then(|v| v.as_float()),
-        hetrefine: s("hetrefine").is_some(),
-        ..Default::default()
-    };
-    let mut st = ParticleStack::load(Path::new(&particles), &opts)?;
-    let ind = match s("ind") {
-        Some(p) => Some(read_indices(Path::new(&p))?),
-        None => None,
-    };
-    let first = s("first").and_then(|f| f.parse().ok());
-    st.select_ind_first(ind.as_deref(), first)?;
-    let n = data.get("n_particles").and_then(|v| v.as_integer()).unwrap_or(-1);
-    if n >= 0 && st.len() != n as usize {
-        bail!("{}: run.toml says {n} particles, {particles} now has {}", run.display(), st.len());
-    }
-    Ok(st)
 }
 
 fn run_analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
