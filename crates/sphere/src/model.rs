@@ -349,9 +349,13 @@ impl Segmentation {
         Ok(w.broadcast_mul(&self.covered)?)
     }
 
-    /// Width s = ELU(s̃) + 1.
-    fn width(raw: &Tensor) -> Result<Tensor> {
-        Ok((raw.elu(1.0)? + 1.0)?)
+    /// Width s = ELU(s̃) + 1 (also the encoder's σ), evaluated as relu(s̃) + exp(min(s̃, 0)) and floored at 1e-4
+    /// residues: in f32, `elu(s̃) + 1` rounds to exactly 0 for s̃ < −17 (a 2.7σ draw of the
+    /// default width prior when a chain has 20 segments), and log 0 − ∞ made whole images'
+    /// memberships NaN.
+    pub(crate) fn width(raw: &Tensor) -> Result<Tensor> {
+        let neg = raw.minimum(0.0)?.exp()?;
+        Ok((raw.relu()? + neg)?.maximum(1e-4)?)
     }
 
     /// One draw of the segmentation per image from the posteriors: [B, R, K].
@@ -501,7 +505,7 @@ impl SphereModel {
         let h = self.encoder.forward(x)?;
         let z = self.cfg.zdim;
         let mu = h.narrow(1, 0, z)?;
-        let sd = (h.narrow(1, z, z)?.elu(1.0)? + 1.0)?;
+        let sd = Segmentation::width(&h.narrow(1, z, z)?)?;
         Ok((mu, sd))
     }
 

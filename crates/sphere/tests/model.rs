@@ -279,3 +279,20 @@ fn config_roundtrips_through_toml_and_rejects_unknown_fields() {
     let e = SphereConfig::from_toml_file(&p).unwrap_err().to_string();
     assert!(e.contains("bogus") && e.contains("c.toml"), "{e}");
 }
+
+#[test]
+fn sampled_memberships_are_finite_for_many_segments_in_f32() {
+    let (r, k) = (214, 20);
+    let dev = Device::Cpu;
+    let cfg = SphereConfig { n_segm: k, ..SphereConfig::default() };
+    let layout = chain_layout(r, k);
+    let prior = SegPrior::reference(&layout, &cfg);
+    let seg = Segmentation::new(layout, prior, cfg.tau, &dev, DType::F32).unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+    for _ in 0..20 {
+        let w = seg.sample(128, &mut rng).unwrap();
+        let v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let bad = v.iter().filter(|x| !x.is_finite()).count();
+        assert_eq!(bad, 0, "{bad} non-finite memberships of {}", v.len());
+    }
+}
