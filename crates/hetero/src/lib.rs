@@ -466,10 +466,18 @@ pub fn analyze_run(
             .collect::<Result<_>>()?;
         let fr: Vec<f64> = frame.iter().map(|&f| f as f64).collect();
         let pc1: Vec<f64> = pcs.column(0);
+        // A one-state data set (every particle from the same frame) or a constant PC1 has no
+        // correlation: null, not a failed analysis.
+        let varies = |v: &[f64]| v.iter().any(|x| *x != v[0]);
+        let (rho, r_lin) = if varies(&fr) && varies(&pc1) {
+            (Some(spearman(&pc1, &fr)?), Some(pearson(&pc1, &fr)?))
+        } else {
+            (None, None)
+        };
         let mut tj = serde_json::json!({
             "truth_csv": tp,
-            "pc1_frame_spearman": spearman(&pc1, &fr)?,
-            "pc1_frame_pearson": pearson(&pc1, &fr)?,
+            "pc1_frame_spearman": rho,
+            "pc1_frame_pearson": r_lin,
             "clash_fraction": clash_fraction,
         });
         let models_path = opts.truth_models.clone().or_else(|| {
