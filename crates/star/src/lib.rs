@@ -32,6 +32,7 @@ pub mod config;
 pub mod model;
 pub mod reference;
 pub mod train;
+pub mod volume;
 
 pub use config::{LossWeights, StarConfig};
 pub use model::StarModel;

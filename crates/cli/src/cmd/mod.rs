@@ -7,5 +7,5 @@ pub mod pdb2map;
 pub mod reconstruct;
 pub mod select;
 pub mod simulate;
-pub mod star;
 pub mod sphere;
+pub mod star;
