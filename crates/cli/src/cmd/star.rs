@@ -524,6 +524,22 @@ fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
         }
     };
 
+    // Latents to evaluate, read (and checked) before training.
+    let mut sets: Vec<(String, Vec<f32>)> = Vec::new();
+    let an = a.run.join("analysis");
+    let kc = an.join("kmeans").join("centers.txt");
+    if kc.is_file() {
+        sets.push(("kmeans".into(), cryoforge_hetero::read_latents(&kc, zdim)?.0));
+    }
+    for pc in 1..=3 {
+        let p = an.join(format!("pc{pc}")).join("z_values.txt");
+        if p.is_file() {
+            sets.push((format!("pc{pc}"), read_z_values(&p, zdim)?));
+        }
+    }
+    if let Some(p) = &a.z {
+        sets.push(("z".into(), cryoforge_hetero::read_latents(p, zdim)?.0));
+    }
     // Settings: out_dir/settings.toml and RUN/run.toml [volume].
     let settings_toml = toml::to_string(&cfg)?;
     cryoforge_io::atomic::write_bytes_atomic(&out_dir.join("settings.toml"), settings_toml.as_bytes())?;
@@ -564,22 +580,6 @@ fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
     let (model, out) = train_volume(&stack, &z, zdim, &cfg, &out_dir, a.resume, &mut cb)?;
     bar.finish_and_clear();
 
-    // Volumes at the chosen latents.
-    let mut sets: Vec<(String, Vec<f32>)> = Vec::new();
-    let an = a.run.join("analysis");
-    let kc = an.join("kmeans").join("centers.txt");
-    if kc.is_file() {
-        sets.push(("kmeans".into(), cryoforge_hetero::read_latents(&kc, zdim)?.0));
-    }
-    for pc in 1..=3 {
-        let p = an.join(format!("pc{pc}")).join("z_values.txt");
-        if p.is_file() {
-            sets.push((format!("pc{pc}"), read_z_values(&p, zdim)?));
-        }
-    }
-    if let Some(p) = &a.z {
-        sets.push(("z".into(), cryoforge_hetero::read_latents(p, zdim)?.0));
-    }
     if sets.is_empty() {
         ctx.say("no latents to evaluate (run `cryoforge star analyze` first, or give --z): writing the mean latent");
         let n = stack.len().max(1) as f32;
