@@ -27,11 +27,17 @@
 //!
 //! [`train::train`] runs training into a run directory; [`train::load_run`] loads it back
 //! for analysis ([`train::encode_stack`], [`model::StarModel::decode_coords`]).
+//!
+//! Phase II ([`volume`]): with the latents frozen, an implicit volume (random Fourier
+//! features of the 3D frequency and z → residual GELU MLP → one Hartley value) is trained on
+//! central slices × (−CTF) against the re-centred particles, and evaluated at chosen latents
+//! into real-space maps free of the reference model's bias.
 
 pub mod config;
 pub mod model;
 pub mod reference;
 pub mod train;
+pub mod volume;
 
 pub use config::{LossWeights, StarConfig};
 pub use model::StarModel;

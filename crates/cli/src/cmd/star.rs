@@ -19,6 +19,7 @@ pub struct Args {
 pub enum Sub {
     Train(Box<TrainArgs>),
     Analyze(AnalyzeArgs),
+    Volume(Box<VolumeArgs>),
 }
 
 /// Train cryoSTAR on particles with known poses and CTF.
@@ -153,10 +154,81 @@ pub struct AnalyzeArgs {
     pub json: bool,
 }
 
+/// Phase II of cryoSTAR: an implicit heterogeneous volume conditioned on the frozen
+/// latents, trained on central slices × (−CTF) against the re-centred particles (Fourier
+/// MSE in the band disk), which removes the reference model's bias.
+///
+/// Latents: RUN/analysis/latents.npy when present (from `star analyze`), else the encoder
+/// means of RUN's model. Writes into RUN/volume (or --out): weights.safetensors,
+/// metrics.csv, checkpoints/, summary.json, and real-space MRC volumes (protein-positive,
+/// box frame) at the k-means centres (kmeans/vol_XXX.mrc, from RUN/analysis/kmeans/
+/// centers.txt), along the PC traversals (pcN/vol_XXX.mrc, from pcN/z_values.txt) and at
+/// the latents of --z (z/vol_XXX.mrc). The resolved settings go to RUN/run.toml [volume].
+///
+/// Examples:
+///   cryoforge star volume run/
+///   cryoforge star volume run/ --epochs 5 --band-a 4 --z my_z.txt
+///   cryoforge star volume run/ --resume
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct VolumeArgs {
+    /// The training run folder.
+    pub run: PathBuf,
+    /// Output folder (default RUN/volume).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// TOML file with any of the volume settings (keys as in RUN/run.toml [volume.settings]).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Per-particle latents (.npy or text, particle order; default RUN/analysis/latents.npy,
+    /// else encoded from the particles).
+    #[arg(long, value_name = "FILE")]
+    pub latents: Option<PathBuf>,
+    /// Also write volumes at these latents (.npy or text, one vector per line).
+    #[arg(long, value_name = "FILE")]
+    pub z: Option<PathBuf>,
+    /// MLP width (1024).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Residual layers (3).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Random Fourier features (128).
+    #[arg(long)]
+    pub n_features: Option<usize>,
+    /// Feature position spread as a fraction of the box (0.1).
+    #[arg(long)]
+    pub ff_sigma: Option<f64>,
+    /// Epochs (10; the reference trains 5–20).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Particles per step (16).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// AdamW learning rate (1e-4).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Band radius in Fourier pixels (default D/2 − 1).
+    #[arg(long, value_name = "PX")]
+    pub band_px: Option<f64>,
+    /// Band as a resolution in Å (overrides --band-px).
+    #[arg(long, value_name = "A")]
+    pub band_a: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from the newest epoch checkpoint in the output folder (same settings).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the summary JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
         Sub::Train(t) => run_train(*t, ctx),
         Sub::Analyze(t) => run_analyze(t, ctx),
+        Sub::Volume(t) => run_volume(*t, ctx),
     }
 }
 
@@ -325,6 +397,198 @@ fn run_analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
             s.clash_fraction
         ));
     }
+    ctx.done(format!("results in {}", out_dir.display()));
+    Ok(())
+}
+
+/// Latent rows of a `pcN/z_values.txt` (`point pc_value particle_index particle_pc_value z…`).
+fn read_z_values(path: &Path, zdim: usize) -> Result<Vec<f32>> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut v = Vec::new();
+    for (ln, line) in t.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        if toks.len() != 4 + zdim {
+            bail!(
+                "{}: line {}: {} columns, expected {} (4 + zdim)",
+                path.display(),
+                ln + 1,
+                toks.len(),
+                4 + zdim
+            );
+        }
+        for (c, tok) in toks[4..].iter().enumerate() {
+            let x: f32 = tok.parse().ok().filter(|x: &f32| x.is_finite()).with_context(|| {
+                format!("{}: line {}: z{} = {tok:?} is not a finite number", path.display(), ln + 1, c + 1)
+            })?;
+            v.push(x);
+        }
+    }
+    Ok(v)
+}
+
+fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
+    use cryoforge_star::volume::{eval_volume, train_volume, VolumeConfig};
+    let lr = load_run(&a.run)?;
+    let stack = load_run_stack(&a.run, &lr.data)?;
+    let d = stack.box_px()?;
+    let apix = stack.apix_a()?;
+    let zdim = lr.cfg.zdim;
+    let out_dir = a.out.clone().unwrap_or_else(|| a.run.join("volume"));
+    ensure_dir(&out_dir)?;
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            toml::from_str::<VolumeConfig>(&t).with_context(|| format!("{}", p.display()))?
+        }
+        None => VolumeConfig::default(),
+    };
+    macro_rules! set {
+        ($f:ident, $v:expr) => {
+            if let Some(v) = $v {
+                cfg.$f = v;
+            }
+        };
+    }
+    set!(width, a.width);
+    set!(layers, a.layers);
+    set!(n_features, a.n_features);
+    set!(ff_sigma, a.ff_sigma);
+    set!(epochs, a.epochs);
+    set!(batch_size, a.batch_size);
+    set!(lr, a.lr);
+    set!(seed, a.seed);
+    if a.band_px.is_some() {
+        cfg.band_px = a.band_px;
+    }
+    if a.band_a.is_some() {
+        cfg.band_a = a.band_a;
+    }
+    cfg.invert = lr.cfg.invert;
+    if a.resume {
+        // Resume with the settings the run was started with (the epochs may grow).
+        let p = out_dir.join("settings.toml");
+        if p.is_file() {
+            let t = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let old: VolumeConfig = toml::from_str(&t).with_context(|| format!("{}", p.display()))?;
+            cfg = VolumeConfig { epochs: a.epochs.unwrap_or(old.epochs), ..old };
+        }
+    }
+    cfg.check()?;
+
+    // Latents, frozen.
+    let default_lat = a.run.join("analysis").join("latents.npy");
+    let lat_path = a.latents.clone().or_else(|| default_lat.is_file().then_some(default_lat));
+    let z = match &lat_path {
+        Some(p) => {
+            let (z, rows) = cryoforge_hetero::read_latents(p, zdim)?;
+            if rows != stack.len() {
+                bail!("{}: {rows} latents for {} particles", p.display(), stack.len());
+            }
+            ctx.say(format!("latents from {}", p.display()));
+            z
+        }
+        None => {
+            ctx.say(format!("encoding {} particles", stack.len()));
+            encode_stack(&lr.model, &lr.cfg, &stack)?
+        }
+    };
+
+    // Latents to evaluate, read (and checked) before training.
+    let mut sets: Vec<(String, Vec<f32>)> = Vec::new();
+    let an = a.run.join("analysis");
+    let kc = an.join("kmeans").join("centers.txt");
+    if kc.is_file() {
+        sets.push(("kmeans".into(), cryoforge_hetero::read_latents(&kc, zdim)?.0));
+    }
+    for pc in 1..=3 {
+        let p = an.join(format!("pc{pc}")).join("z_values.txt");
+        if p.is_file() {
+            sets.push((format!("pc{pc}"), read_z_values(&p, zdim)?));
+        }
+    }
+    if let Some(p) = &a.z {
+        sets.push(("z".into(), cryoforge_hetero::read_latents(p, zdim)?.0));
+    }
+    // Settings: out_dir/settings.toml and RUN/run.toml [volume].
+    let settings_toml = toml::to_string(&cfg)?;
+    cryoforge_io::atomic::write_bytes_atomic(&out_dir.join("settings.toml"), settings_toml.as_bytes())?;
+    let rt = a.run.join("run.toml");
+    let mut doc: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&rt)?).with_context(|| rt.display().to_string())?;
+    let mut vt = toml::map::Map::new();
+    vt.insert("command".into(), command_line().into());
+    vt.insert("out".into(), out_dir.display().to_string().into());
+    vt.insert(
+        "latents".into(),
+        lat_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "encoded".into()).into(),
+    );
+    vt.insert("settings".into(), toml::Value::try_from(&cfg)?);
+    if let Some(t) = doc.as_table_mut() {
+        t.insert("volume".into(), toml::Value::Table(vt));
+    }
+    cryoforge_io::atomic::write_bytes_atomic(&rt, toml::to_string(&doc)?.as_bytes())?;
+
+    let band = cfg.band_radius(d, apix);
+    let steps = stack.len().div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
+    ctx.say(format!(
+        "Phase II volume: {} particles of {d} px, zdim {zdim}, band {band:.1} px ({:.2} Å), width {} × {} residual layers, {} epochs ({steps} steps of {})",
+        stack.len(),
+        d as f64 * apix / band,
+        cfg.width,
+        cfg.layers,
+        cfg.epochs,
+        cfg.batch_size
+    ));
+    let bar = ctx.progress(steps, "volume");
+    let mut cb = |p: &cryoforge_star::volume::VolumeProgress| {
+        bar.set_position(p.step);
+        if p.step.is_multiple_of(10) {
+            bar.set_message(format!("ep {} loss {:.4e}", p.epoch, p.loss));
+        }
+    };
+    let (model, out) = train_volume(&stack, &z, zdim, &cfg, &out_dir, a.resume, &mut cb)?;
+    bar.finish_and_clear();
+
+    if sets.is_empty() {
+        ctx.say("no latents to evaluate (run `cryoforge star analyze` first, or give --z): writing the mean latent");
+        let n = stack.len().max(1) as f32;
+        let mean: Vec<f32> =
+            (0..zdim).map(|j| z.iter().skip(j).step_by(zdim.max(1)).sum::<f32>() / n).collect();
+        sets.push(("mean".into(), mean));
+    }
+    let o = -((d / 2) as f64 * apix) as f32;
+    let mut written = serde_json::Map::new();
+    for (name, zs) in &sets {
+        let dir = out_dir.join(name);
+        ensure_dir(&dir)?;
+        let rows: Vec<&[f32]> = if zdim == 0 { vec![&[][..]] } else { zs.chunks(zdim).collect() };
+        for (k, zk) in rows.iter().enumerate() {
+            let v = eval_volume(&model, zk, out.band_px)?;
+            cryoforge_io::mrc::write_volume(
+                dir.join(format!("vol_{k:03}.mrc")),
+                &v,
+                [d, d, d],
+                apix as f32,
+                [o; 3],
+            )?;
+        }
+        written.insert(name.clone(), rows.len().into());
+    }
+    let mut summary = serde_json::to_value(&out)?;
+    summary["volumes"] = serde_json::Value::Object(written);
+    summary["settings"] = serde_json::to_value(&cfg)?;
+    write_json_atomic(&out_dir.join("summary.json"), &summary)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    ctx.say(format!(
+        "{} steps in {:.1} s ({:.1} particles/s); final loss {:.4e}",
+        out.steps, out.elapsed_s, out.particles_per_s, out.final_loss
+    ));
     ctx.done(format!("results in {}", out_dir.display()));
     Ok(())
 }
