@@ -325,7 +325,15 @@ fn analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
             s.clash_fraction
         ));
     }
-    ctx.done(format!("results in {}", out_dir.display()));
+    // The run's report (analysis written into the run folder is what it reads).
+    let report = a.run.join("report.html");
+    match crate::cmd::report::write(&a.run, &report) {
+        Ok(_) => ctx.done(format!("results in {}; report {}", out_dir.display(), report.display())),
+        Err(e) => {
+            tracing::warn!("analysis written, but the report failed: {e:#}");
+            ctx.done(format!("results in {}", out_dir.display()));
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `cryoforge star`: cryoSTAR training and analysis.
 
 use crate::common::{ensure_dir, load_run_stack, write_json_atomic, Ctx, ParticleArgs};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cryoforge_star::train::{encode_stack, load_run, prepare, read_run_toml, train, write_run_toml};
 use cryoforge_star::{Reference, StarConfig};
 use std::path::{Path, PathBuf};
@@ -397,7 +397,15 @@ fn run_analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
             s.clash_fraction
         ));
     }
-    ctx.done(format!("results in {}", out_dir.display()));
+    // The run's report (analysis written into the run folder is what it reads).
+    let report = a.run.join("report.html");
+    match crate::cmd::report::write(&a.run, &report) {
+        Ok(_) => ctx.done(format!("results in {}; report {}", out_dir.display(), report.display())),
+        Err(e) => {
+            tracing::warn!("analysis written, but the report failed: {e:#}");
+            ctx.done(format!("results in {}", out_dir.display()));
+        }
+    }
     Ok(())
 }
 
