@@ -34,14 +34,13 @@ fn demo_runs_end_to_end_and_reports() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "demo failed: {err}");
     eprintln!("tiny demo: {:.1} s", t.elapsed().as_secs_f64());
-    // --json: stdout is exactly demo.json's content (the final line follows it).
+    // --json: stdout is exactly demo.json's content; the final line is on stderr.
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let json_end = stdout.rfind("\n}").unwrap() + 2;
-    let v: serde_json::Value = serde_json::from_str(&stdout[..json_end]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("demo.json")).unwrap()).unwrap();
     assert_eq!(v["steps"], on_disk["steps"]);
-    let last = stdout[json_end..].trim();
+    let last = err.trim().lines().last().unwrap_or("");
     assert!(last.starts_with("demo finished") && last.contains("report.html"), "{last}");
     let steps = v["steps"].as_array().unwrap();
     let status =
