@@ -155,6 +155,53 @@ pub struct Summary {
     pub clash_fraction: f64,
 }
 
+/// Example particles next to the model's rendering of them: `examples.npy` float32
+/// [M, 2, D, D] (particle as read, prediction: the decoded structure's Cα Gaussian image
+/// with the particle's pose, shift and −CTF — the forward model the methods train with)
+/// and `examples.txt` (their particle indices), for up to 8 particles spread over the set.
+/// Skipped when the particles have no poses.
+fn write_examples(
+    st: &ParticleStack,
+    all: &[[f32; 3]],
+    reference: &[AnchorResidue],
+    opts: &AnalyzeOptions,
+    out: &Path,
+) -> Result<()> {
+    let Some(poses) = st.poses.as_ref() else { return Ok(()) };
+    let (n, r, d) = (st.len(), reference.len(), opts.box_px);
+    let m = n.min(8);
+    if m == 0 || all.len() < n * r {
+        return Ok(());
+    }
+    let imager = cryoforge_sim::gaussian_image::GaussianImager::new(d, opts.apix_a)
+        .map_err(|e| HeteroError::msg(format!("example renderings: {e}")))?;
+    let mut work = imager.work();
+    let amps: Vec<f64> = reference.iter().map(|a| a.amplitude).collect();
+    let (mut data, mut idx) = (Vec::with_capacity(m * 2 * d * d), String::new());
+    let (mut img, mut pred, mut ctf) = (vec![0f32; d * d], vec![0f32; d * d], vec![0f32; d * d]);
+    for j in 0..m {
+        let i = j * n / m;
+        st.read_image(i, &mut img)?;
+        let centres: Vec<[f64; 3]> = all[i * r..(i + 1) * r].iter().map(|p| p.map(f64::from)).collect();
+        let model = cryoforge_sim::density::GaussianModel::new(centres, amps.clone(), opts.sigma_a)
+            .map_err(|e| HeteroError::msg(format!("example renderings: {e}")))?;
+        let c = st.ctf.as_ref().map(|c| {
+            cryoforge_core::ctf::ctf_grid_centered(&c[i], d, opts.apix_a, &mut ctf);
+            ctf.iter_mut().for_each(|v| *v = -*v);
+            &ctf[..]
+        });
+        imager
+            .image(&model, &poses[i].rot, poses[i].shift_px, c, &mut work, &mut pred)
+            .map_err(|e| HeteroError::msg(format!("example renderings: {e}")))?;
+        data.extend_from_slice(&img);
+        data.extend_from_slice(&pred);
+        idx.push_str(&format!("{}\n", st.source_index[i]));
+    }
+    write_npy_f32(&out.join("examples.npy"), &data, &[m, 2, d, d])?;
+    write_text(&out.join("examples.txt"), &idx)?;
+    Ok(())
+}
+
 fn io_err(p: &Path, e: impl std::fmt::Display) -> HeteroError {
     HeteroError::msg(format!("{}: {e}", p.display()))
 }
@@ -429,6 +476,9 @@ pub fn analyze_run(
     if let Some(p) = &opts.coords_out {
         let flat: Vec<f32> = all.iter().flat_map(|p| *p).collect();
         write_npy_f32(p, &flat, &[n, r, 3])?;
+    }
+    if let Some(st) = stack {
+        write_examples(st, &all, reference, opts, out)?;
     }
     let mut s = String::from("structure,n_clashes\n");
     for (name, c) in &clash_rows {

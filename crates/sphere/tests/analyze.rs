@@ -128,9 +128,19 @@ fn analyze_writes_the_contract_files() {
         "segmentation.pdb",
         "segment_counts.csv",
         "segment_motions.csv",
+        "examples.npy",
+        "examples.txt",
     ] {
         assert!(an.join(f).is_file(), "missing {f}");
     }
+    // Example particles next to their renderings: [M, 2, D, D], predictions not blank.
+    let (ex, shape) = cryoforge_hetero::read_npy(&an.join("examples.npy")).unwrap();
+    let (m, d) = (n.min(8), stack.box_px().unwrap());
+    assert_eq!(shape, vec![m, 2, d, d]);
+    assert!(ex.iter().all(|v| v.is_finite()));
+    let pred0 = &ex[d * d..2 * d * d];
+    assert!(pred0.iter().any(|v| v.abs() > 0.0), "the first prediction is blank");
+    assert_eq!(std::fs::read_to_string(an.join("examples.txt")).unwrap().lines().count(), m);
     let r = residues.len();
     let (coords, shape) = cryoforge_hetero::read_npy(&dir.path().join("coords.npy")).unwrap();
     assert_eq!(shape, vec![n, r, 3]);
