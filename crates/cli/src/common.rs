@@ -228,3 +228,105 @@ pub fn read_run_data(run: &Path) -> Result<toml::map::Map<String, toml::Value>> 
         _ => bail!("{}: no [data] table", p.display()),
     }
 }
+
+/// Options of the latent-space analysis every heterogeneity method shares (`star analyze`,
+/// `sphere analyze`): what `cryoforge_hetero::analyze_run` writes and where.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HeteroArgs {
+    /// Output folder (default RUN/analysis).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// k-means clusters.
+    #[arg(long, short = 'k', default_value_t = 10)]
+    pub ksample: usize,
+    /// Points per PC traversal.
+    #[arg(long, visible_alias = "pc-points", default_value_t = 10)]
+    pub n_points: usize,
+    /// Write every particle's predicted anchors: float32 [N, R, 3] .npy (Å, box frame).
+    #[arg(long, value_name = "FILE.npy")]
+    pub coords_out: Option<PathBuf>,
+    /// Write the particles of each k-means cluster as STAR files into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub particles_out: Option<PathBuf>,
+    /// Decode these latents (.npy or text, one vector per line) into structures and volumes.
+    #[arg(long, value_name = "FILE")]
+    pub z: Option<PathBuf>,
+    /// Ground truth of a `cryoforge simulate` dataset (default: truth.csv next to the particles).
+    #[arg(long, value_name = "CSV")]
+    pub truth: Option<PathBuf>,
+    /// Trajectory of the true frames in the box frame (default: model.pdb next to truth.csv).
+    #[arg(long, value_name = "PDB")]
+    pub truth_models: Option<PathBuf>,
+    /// Skip UMAP.
+    #[arg(long)]
+    pub no_umap: bool,
+    /// Skip the Gaussian-density volumes.
+    #[arg(long)]
+    pub no_volumes: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the summary JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl HeteroArgs {
+    /// The analysis folder: --out, or RUN/analysis.
+    pub fn out_dir(&self, run: &Path) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| run.join("analysis"))
+    }
+
+    /// Analysis options for `method` on RUN's particles.
+    pub fn options(
+        &self,
+        method: &str,
+        run: &Path,
+        stack: &ParticleStack,
+    ) -> Result<cryoforge_hetero::AnalyzeOptions> {
+        let mut o = cryoforge_hetero::AnalyzeOptions::new(
+            method,
+            self.out_dir(run),
+            stack.box_px()?,
+            stack.apix_a()?,
+        );
+        o.kmeans_k = self.ksample;
+        o.traversal_points = self.n_points;
+        o.umap = !self.no_umap;
+        o.volumes = !self.no_volumes;
+        o.seed = self.seed;
+        o.coords_out = self.coords_out.clone();
+        o.particles_out = self.particles_out.clone();
+        o.z_file = self.z.clone();
+        o.truth_csv = self.truth.clone();
+        o.truth_models = self.truth_models.clone();
+        o.particles_dir = stack.path.parent().map(Path::to_path_buf);
+        Ok(o)
+    }
+
+    /// After the analysis: --json, the truth line, RUN/report.html and the final line.
+    pub fn finish(&self, run: &Path, s: &cryoforge_hetero::Summary, ctx: &Ctx) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&s.json)?);
+        }
+        if let Some(t) = &s.truth {
+            ctx.say(format!(
+                "truth: |Spearman(PC1, frame)| {:.3}, mean RMSD {:.2} Å (reference {:.2} Å), clash fraction {:.4}",
+                t["pc1_frame_spearman"].as_f64().unwrap_or(f64::NAN).abs(),
+                t["rmsd_mean_A"].as_f64().unwrap_or(f64::NAN),
+                t["rmsd_ref_mean_A"].as_f64().unwrap_or(f64::NAN),
+                s.clash_fraction
+            ));
+        }
+        let out_dir = self.out_dir(run);
+        // The run's report (analysis written into the run folder is what it reads).
+        let report = run.join("report.html");
+        match crate::cmd::report::write(run, &report) {
+            Ok(_) => ctx.done(format!("results in {}; report {}", out_dir.display(), report.display())),
+            Err(e) => {
+                tracing::warn!("analysis written, but the report failed: {e:#}");
+                ctx.done(format!("results in {}", out_dir.display()));
+            }
+        }
+        Ok(())
+    }
+}

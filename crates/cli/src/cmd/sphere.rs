@@ -121,41 +121,8 @@ pub struct TrainArgs {
 pub struct AnalyzeArgs {
     /// Run folder of `sphere train`.
     pub run: PathBuf,
-    /// Output folder (default RUN/analysis).
-    #[arg(long, short)]
-    pub out: Option<PathBuf>,
-    /// k-means clusters.
-    #[arg(long, short = 'k', default_value_t = 10)]
-    pub ksample: usize,
-    /// Points per PC traversal.
-    #[arg(long, visible_alias = "pc-points", default_value_t = 10)]
-    pub n_points: usize,
-    /// Write every particle's deformed anchors: float32 [N, R, 3] .npy (Å, box frame).
-    #[arg(long, value_name = "FILE.npy")]
-    pub coords_out: Option<PathBuf>,
-    /// Write the particles of each k-means cluster as STAR files into DIR.
-    #[arg(long, value_name = "DIR")]
-    pub particles_out: Option<PathBuf>,
-    /// Decode these latents (.npy or text, one vector per line) into structures and volumes.
-    #[arg(long, value_name = "FILE")]
-    pub z: Option<PathBuf>,
-    /// Ground truth of a `cryoforge simulate` dataset (default: truth.csv next to the particles).
-    #[arg(long, value_name = "CSV")]
-    pub truth: Option<PathBuf>,
-    /// Trajectory of the true frames in the box frame (default: model.pdb next to truth.csv).
-    #[arg(long, value_name = "PDB")]
-    pub truth_models: Option<PathBuf>,
-    /// Skip UMAP.
-    #[arg(long)]
-    pub no_umap: bool,
-    /// Skip the Gaussian-density volumes.
-    #[arg(long)]
-    pub no_volumes: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print the summary JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub opts: crate::common::HeteroArgs,
 }
 
 /// Build the rigid-domain toy of cryoSPHERE Appendix B.1 from AdK (see BENCHMARKS.md).
@@ -292,49 +259,14 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
 
 fn analyze(a: AnalyzeArgs, ctx: &Ctx) -> Result<()> {
     let stack = load_run_stack(&a.run, &read_run_data(&a.run)?)?;
-    let d = stack.box_px()?;
-    let apix = stack.apix_a()?;
-    let out_dir = a.out.clone().unwrap_or_else(|| a.run.join("analysis"));
-    let mut o = cryoforge_hetero::AnalyzeOptions::new("cryosphere", out_dir.clone(), d, apix);
-    o.kmeans_k = a.ksample;
-    o.traversal_points = a.n_points;
-    o.umap = !a.no_umap;
-    o.volumes = !a.no_volumes;
-    o.seed = a.seed;
-    o.coords_out = a.coords_out.clone();
-    o.particles_out = a.particles_out.clone();
-    o.z_file = a.z.clone();
-    o.truth_csv = a.truth.clone();
-    o.truth_models = a.truth_models.clone();
-    o.particles_dir = stack.path.parent().map(std::path::Path::to_path_buf);
+    let o = a.opts.options("cryosphere", &a.run, &stack)?;
     ctx.say(format!("encoding {} particles", stack.len()));
     let bar = ctx.progress(stack.len() as u64, "sphere analyze (encode)");
     let s = cryoforge_sphere::analyze::analyze(&a.run, &stack, &o, &mut |done, _| {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&s.json)?);
-    }
-    if let Some(t) = &s.truth {
-        ctx.say(format!(
-            "truth: |Spearman(PC1, frame)| {:.3}, mean RMSD {:.2} Å (reference {:.2} Å), clash fraction {:.4}",
-            t["pc1_frame_spearman"].as_f64().unwrap_or(f64::NAN).abs(),
-            t["rmsd_mean_A"].as_f64().unwrap_or(f64::NAN),
-            t["rmsd_ref_mean_A"].as_f64().unwrap_or(f64::NAN),
-            s.clash_fraction
-        ));
-    }
-    // The run's report (analysis written into the run folder is what it reads).
-    let report = a.run.join("report.html");
-    match crate::cmd::report::write(&a.run, &report) {
-        Ok(_) => ctx.done(format!("results in {}; report {}", out_dir.display(), report.display())),
-        Err(e) => {
-            tracing::warn!("analysis written, but the report failed: {e:#}");
-            ctx.done(format!("results in {}", out_dir.display()));
-        }
-    }
-    Ok(())
+    a.opts.finish(&a.run, &s, ctx)
 }
 
 fn toy(a: ToyArgs, ctx: &Ctx) -> Result<()> {
