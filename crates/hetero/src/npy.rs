@@ -1,41 +1,15 @@
-//! Minimal NumPy `.npy` (format 1.0) for little-endian float32 C-order arrays.
+//! `.npy` helpers of the analysis, on top of `cryoforge_io::npy` (the one reader/writer).
 
 use crate::{HeteroError, Result};
 use std::path::Path;
 
-/// The bytes of a float32 `.npy` file of `shape` holding `data` (C order).
-pub fn npy_f32_bytes(data: &[f32], shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_s = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
-    let total = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - total % 64) % 64));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
-}
-
-/// Writes a float32 `.npy` atomically.
+/// Writes a float32 `.npy` atomically (`cryoforge_io::npy::write_npy_f32`).
 pub fn write_npy_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
-    let n: usize = shape.iter().product();
-    if n != data.len() {
-        return Err(HeteroError::msg(format!(
-            "{}: {} values for shape {shape:?}",
-            path.display(),
-            data.len()
-        )));
-    }
-    cryoforge_io::atomic::write_bytes_atomic(path, &npy_f32_bytes(data, shape))?;
+    cryoforge_io::npy::write_npy_f32(path, shape, data)?;
     Ok(())
 }
 
-/// Reads a 1-D or 2-D little-endian float32 or float64 `.npy`: (values as f32, rows, cols).
+/// Reads a 1-D or 2-D numeric `.npy`: (values as f32, rows, cols).
 pub fn read_npy_2d(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
     let (v, dims) = read_npy(path)?;
     match dims.as_slice() {
@@ -48,59 +22,11 @@ pub fn read_npy_2d(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
     }
 }
 
-/// Reads a little-endian float32 or float64 C-order `.npy` of any shape: (values as f32, shape).
+/// Reads a numeric C-order `.npy` of any shape (`cryoforge_io::npy::read_npy`): (values as
+/// f32, shape).
 pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
-    let b =
-        std::fs::read(path).map_err(|e| HeteroError::msg(format!("{}: cannot read: {e}", path.display())))?;
-    let bad = |m: &str| HeteroError::msg(format!("{}: not a supported .npy: {m}", path.display()));
-    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
-        return Err(bad("missing magic"));
-    }
-    let (hl, off) = if b[6] == 1 {
-        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
-    } else {
-        if b.len() < 12 {
-            return Err(bad("truncated header"));
-        }
-        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-    };
-    let h = std::str::from_utf8(b.get(off..off + hl).ok_or_else(|| bad("truncated header"))?)
-        .map_err(|_| bad("header is not text"))?;
-    let word = if h.contains("'<f4'") {
-        4
-    } else if h.contains("'<f8'") {
-        8
-    } else {
-        return Err(bad("field descr: only '<f4' and '<f8' are supported"));
-    };
-    if h.contains("'fortran_order': True") {
-        return Err(bad("field fortran_order: Fortran order is not supported"));
-    }
-    let s = h.split("'shape':").nth(1).ok_or_else(|| bad("no shape field"))?;
-    let s = &s[s.find('(').ok_or_else(|| bad("field shape"))? + 1
-        ..s.find(')').ok_or_else(|| bad("field shape"))?];
-    let dims: Vec<usize> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse().map_err(|_| bad("field shape: not integers")))
-        .collect::<Result<_>>()?;
-    let total: usize = dims.iter().product();
-    let data = &b[off + hl..];
-    if data.len() < total * word {
-        return Err(bad("fewer values than the shape says"));
-    }
-    let v: Vec<f32> = (0..total)
-        .map(|i| {
-            let p = &data[i * word..(i + 1) * word];
-            if word == 4 {
-                f32::from_le_bytes([p[0], p[1], p[2], p[3]])
-            } else {
-                f64::from_le_bytes([p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]]) as f32
-            }
-        })
-        .collect();
-    Ok((v, dims))
+    let a = cryoforge_io::npy::read_npy(path)?;
+    Ok((a.data, a.shape))
 }
 
 /// Reads latents from `.npy` or a whitespace/comma-separated text file (one row per line,
