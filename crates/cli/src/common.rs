@@ -330,3 +330,18 @@ impl HeteroArgs {
         Ok(())
     }
 }
+
+/// `--device cpu | cuda | cuda:N` of the training commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// Compute device: cpu, cuda (GPU 0) or cuda:N. CUDA needs a build with
+    /// `--features cuda` (nvcc at build time).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+}
+
+impl DeviceArg {
+    pub fn open(&self) -> Result<candle_core::Device> {
+        Ok(cryoforge_nn::parse_device(&self.device)?)
+    }
+}

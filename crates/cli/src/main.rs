@@ -31,6 +31,7 @@ enum Command {
     Select(cmd::select::Args),
     Downsample(cmd::downsample::Args),
     Reconstruct(cmd::reconstruct::Args),
+    Fsc(cmd::fsc::Args),
     Simulate(cmd::simulate::Args),
     CenterModel(cmd::center_model::Args),
     Pdb2map(cmd::pdb2map::Args),
@@ -43,6 +44,7 @@ enum Command {
 }
 
 fn main() {
+    cryoforge_core::alloc::retain_freed_memory();
     let cli = Cli::parse();
     let level = if cli.quiet {
         "error"
@@ -70,6 +72,7 @@ fn main() {
         Command::Select(a) => cmd::select::run(a, &ctx),
         Command::Downsample(a) => cmd::downsample::run(a, &ctx),
         Command::Reconstruct(a) => cmd::reconstruct::run(a, &ctx),
+        Command::Fsc(a) => cmd::fsc::run(a, &ctx),
         Command::Simulate(a) => cmd::simulate::run(a, &ctx),
         Command::CenterModel(a) => cmd::center_model::run(a, &ctx),
         Command::Pdb2map(a) => cmd::pdb2map::run(a, &ctx),

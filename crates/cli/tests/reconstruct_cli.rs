@@ -112,3 +112,33 @@ fn reconstruct_stops_on_a_nan_image_naming_it() {
     fails_with(&o, &["particles.mrcs"]);
     assert!(!out.join("map.mrc").exists(), "no map after a failed run");
 }
+
+#[test]
+fn fsc_of_two_maps_reports_resolutions_and_rejects_mismatched_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/demo/adk_closed.pdb");
+    let m = model.to_str().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let open = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/demo/adk_open.pdb");
+    let o = open.to_str().unwrap();
+    for (name, src, bx) in [("a.mrc", m, "32"), ("b.mrc", o, "32"), ("c.mrc", m, "24")] {
+        ok(&run(&["pdb2map", src, "--box", bx, "--apix", "3", "-o", &p(name)]));
+    }
+    // A map against itself: FSC 1 in every shell, so the 0.5 crossing is Nyquist (2 × 3 Å).
+    let o = run(&["fsc", &p("a.mrc"), &p("a.mrc"), "--json", "--out", &p("self.csv")]);
+    ok(&o);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["resolution_0.5_A"].as_f64().unwrap(), 6.0, "{j}");
+    let csv = std::fs::read_to_string(p("self.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 17, "{csv}");
+    // Closed vs open AdK (LID and NMP domains moved): alike only at the lowest resolution.
+    let o = run(&["fsc", &p("a.mrc"), &p("b.mrc"), "--json"]);
+    ok(&o);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = j["resolution_0.5_A"].as_f64().unwrap();
+    assert!(r > 20.0, "{j}");
+    let f = j["fsc"].as_array().unwrap();
+    assert!(f[1].as_f64().unwrap() > 0.9, "{j}");
+    fails_with(&run(&["fsc", &p("a.mrc"), &p("c.mrc")]), &["c.mrc", "24³", "32³"]);
+    fails_with(&run(&["fsc", &p("a.mrc"), &p("missing.mrc")]), &["missing.mrc"]);
+}

@@ -242,6 +242,35 @@ impl Rfft2 {
 }
 
 impl Rfft2 {
+    /// [`Rfft2::forward`] restricted to the columns kₓ = 0..=`kx_max`: every row is
+    /// transformed, but only `kx_max + 1` column FFTs are done. `out` is D × (kx_max + 1),
+    /// row r ↔ k_y as in `forward`. For band-limited consumers (a 10 Å band of a 128 px
+    /// image needs 13 of the 65 columns); negative kₓ follow from F(k_y, −kₓ) =
+    /// conj F(−k_y, kₓ).
+    pub fn forward_low(&self, w: &mut Rfft2Work, img: &[f32], kx_max: usize, out: &mut [C32]) {
+        let (d, nh) = (self.d, self.d / 2 + 1);
+        let nc = (kx_max + 1).min(nh);
+        assert!(img.len() == d * d && out.len() == d * nc, "Rfft2::forward_low: wrong sizes");
+        for y in 0..d {
+            let src = &img[ifftshift_index(y, d) * d..][..d];
+            for (x, v) in w.row.iter_mut().enumerate() {
+                *v = src[ifftshift_index(x, d)];
+            }
+            // Lengths are fixed at construction: realfft only fails on wrong lengths.
+            let _ = self.r2c.process_with_scratch(&mut w.row, &mut w.row_out, &mut w.rscratch);
+            out[y * nc..(y + 1) * nc].copy_from_slice(&w.row_out[..nc]);
+        }
+        for c in 0..nc {
+            for y in 0..d {
+                w.col[y] = out[y * nc + c];
+            }
+            self.fwd.process_with_scratch(&mut w.col, &mut w.cscratch);
+            for y in 0..d {
+                out[y * nc + c] = w.col[y];
+            }
+        }
+    }
+
     /// Inverse of [`Rfft2::forward`] (divides by D²): the half-plane spectrum `half`
     /// (overwritten) to the real D×D image `out` with its origin at pixel D/2.
     pub fn inverse(&self, w: &mut Rfft2Work, half: &mut [C32], out: &mut [f32]) {

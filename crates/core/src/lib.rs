@@ -1,6 +1,7 @@
 //! cryoforge-core: units, rotations, CTF, FFT layout, filters, masks and FSC —
 //! the conventions every other crate goes through (see CONVENTIONS.md).
 
+pub mod alloc;
 pub mod ctf;
 pub mod fft;
 pub mod filter;

@@ -306,6 +306,32 @@ fn rmsd32(a: &[[f32; 3]], b: &[[f64; 3]]) -> f64 {
     (s / a.len().max(1) as f64).sqrt()
 }
 
+/// Local chain geometry error of one structure against the truth: for the sequence offsets
+/// 2, 3, 4, the sum of |d_pred(i, i+k) − d_true(i, i+k)| over residue pairs of the same chain
+/// segment, and the number of such pairs (the cryoSTAR paper's check that per-residue
+/// deformation keeps secondary structure).
+fn local_geometry_error(
+    pred: &[[f32; 3]],
+    truth: &[[f64; 3]],
+    reference: &[AnchorResidue],
+) -> [(f64, usize); 3] {
+    let dist32 =
+        |a: &[f32; 3], b: &[f32; 3]| (0..3).map(|d| (a[d] as f64 - b[d] as f64).powi(2)).sum::<f64>().sqrt();
+    let dist64 = |a: &[f64; 3], b: &[f64; 3]| (0..3).map(|d| (a[d] - b[d]).powi(2)).sum::<f64>().sqrt();
+    let mut out = [(0.0, 0usize); 3];
+    for (slot, k) in [2usize, 3, 4].into_iter().enumerate() {
+        for i in 0..pred.len().saturating_sub(k) {
+            let j = i + k;
+            if reference[i].segment != reference[j].segment || reference[i].chain != reference[j].chain {
+                continue;
+            }
+            out[slot].0 += (dist32(&pred[i], &pred[j]) - dist64(&truth[i], &truth[j])).abs();
+            out[slot].1 += 1;
+        }
+    }
+    out
+}
+
 /// Reads `cryoforge simulate`'s truth.csv → frame (model column) per original particle index.
 pub fn read_truth_frames(path: &Path) -> Result<HashMap<usize, usize>> {
     let t = std::fs::read_to_string(path).map_err(|e| io_err(path, format!("cannot read: {e}")))?;
@@ -552,6 +578,7 @@ pub fn analyze_run(
             let nf = traj.len();
             let mut acc = vec![(0f64, 0f64, 0usize); nf];
             let mut sum = (0f64, 0f64);
+            let mut local = [(0f64, 0usize); 3];
             for i in 0..n {
                 let f = frame[i];
                 let t = traj.get(f).ok_or_else(|| {
@@ -559,6 +586,12 @@ pub fn analyze_run(
                 })?;
                 let rp = rmsd32(&all[i * r..(i + 1) * r], t);
                 let rr = rmsd32(&ref_pos, t);
+                for (acc_k, e) in
+                    local.iter_mut().zip(local_geometry_error(&all[i * r..(i + 1) * r], t, reference))
+                {
+                    acc_k.0 += e.0;
+                    acc_k.1 += e.1;
+                }
                 acc[f].0 += rp;
                 acc[f].1 += rr;
                 acc[f].2 += 1;
@@ -575,6 +608,11 @@ pub fn analyze_run(
             tj["rmsd_mean_A"] = serde_json::json!(sum.0 / n as f64);
             tj["rmsd_ref_mean_A"] = serde_json::json!(sum.1 / n as f64);
             tj["per_frame_rmsd"] = serde_json::Value::Array(per);
+            // Mean |d_pred − d_true| of Cα i→i+2, i+3, i+4 (same chain), Å.
+            tj["local_geometry_error_A"] = serde_json::json!(local
+                .iter()
+                .map(|(s, c)| if *c > 0 { Some(s / *c as f64) } else { None })
+                .collect::<Vec<_>>());
         }
         write_text(
             &out.join("truth.json"),
@@ -611,6 +649,27 @@ pub fn analyze_run(
 mod tests {
     use super::*;
     use cryoforge_io::pdb::AnchorKind;
+
+    #[test]
+    fn local_geometry_error_is_zero_for_the_truth_and_counts_same_chain_pairs() {
+        let mut refs = chain(6);
+        let truth: Vec<[f64; 3]> = (0..6).map(|i| [3.8 * i as f64, 0.0, 0.0]).collect();
+        let same: Vec<[f32; 3]> = truth.iter().map(|p| p.map(|x| x as f32)).collect();
+        let e = local_geometry_error(&same, &truth, &refs);
+        assert_eq!(e.map(|x| x.1), [4, 3, 2]);
+        assert!(e.iter().all(|x| x.0 < 1e-5));
+        // Scaling the chain by 1.1 changes every i→i+k distance by 0.1·3.8·k.
+        let big: Vec<[f32; 3]> = truth.iter().map(|p| p.map(|x| (1.1 * x) as f32)).collect();
+        let e = local_geometry_error(&big, &truth, &refs);
+        for (slot, k) in [2.0, 3.0, 4.0].into_iter().enumerate() {
+            assert!((e[slot].0 / e[slot].1 as f64 - 0.38 * k).abs() < 1e-4, "{e:?}");
+        }
+        // Pairs across a chain break are not counted.
+        for r in refs.iter_mut().skip(3) {
+            r.chain = "B".into();
+        }
+        assert_eq!(local_geometry_error(&same, &truth, &refs).map(|x| x.1), [2, 0, 0]);
+    }
 
     fn chain(n: usize) -> Vec<AnchorResidue> {
         (0..n)

@@ -72,6 +72,7 @@ fn model(r: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn main() {
+    cryoforge_core::alloc::retain_freed_memory();
     let o = match parse() {
         Ok(o) => o,
         Err(e) => {
@@ -151,7 +152,11 @@ fn run(o: &Opts) -> cryoforge_nn::Result<()> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     let paths: [(&str, &dyn Fn() -> cryoforge_nn::Result<f32>); 2] =
         [("fourier", &fourier), ("image", &image)];
+    let only = std::env::var("RENDER_BENCH_PATH").ok();
     for (name, f) in paths {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         f()?; // warm-up
         let t0 = std::time::Instant::now();
         for _ in 0..o.iters {

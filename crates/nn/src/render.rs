@@ -74,6 +74,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use cryoforge_core::CtfParams;
+use rayon::prelude::*;
 
 use crate::{NnError, Result};
 
@@ -310,22 +311,23 @@ impl Renderer {
         let km2 = (self.kmax * self.kmax) as i64;
         let keep = |k: i64| k >= lo && k <= hi;
         let fft = cryoforge_core::fft::Fft2::new(d);
-        let mut work = fft.work();
-        let mut spec = vec![cryoforge_core::fft::C32::default(); d * d];
         let mut out = vec![0f32; images.len()];
-        for (img, o) in images.chunks_exact(d * d).zip(out.chunks_exact_mut(d * d)) {
-            fft.forward_real(&mut work, img, &mut spec);
-            for (i, row) in spec.chunks_exact_mut(d).enumerate() {
-                let ky = i as i64 - h;
-                for (j, v) in row.iter_mut().enumerate() {
-                    let kx = j as i64 - h;
-                    if !(keep(ky) && keep(kx) && ky * ky + kx * kx <= km2) {
-                        *v = cryoforge_core::fft::C32::default();
+        images.par_chunks_exact(d * d).zip(out.par_chunks_exact_mut(d * d)).for_each_init(
+            || (fft.work(), vec![cryoforge_core::fft::C32::default(); d * d]),
+            |(work, spec), (img, o)| {
+                fft.forward_real(work, img, spec);
+                for (i, row) in spec.chunks_exact_mut(d).enumerate() {
+                    let ky = i as i64 - h;
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let kx = j as i64 - h;
+                        if !(keep(ky) && keep(kx) && ky * ky + kx * kx <= km2) {
+                            *v = cryoforge_core::fft::C32::default();
+                        }
                     }
                 }
-            }
-            fft.inverse_real(&mut work, &spec, o);
-        }
+                fft.inverse_real(work, spec, o);
+            },
+        );
         Ok(out)
     }
 
@@ -342,29 +344,44 @@ impl Renderer {
         }
         let b = images.len() / (d * d);
         let nk = self.nk;
-        let h = (d / 2) as i64;
-        let fft = cryoforge_core::fft::Fft2::new(d);
-        let mut work = fft.work();
-        let mut spec = vec![cryoforge_core::fft::C32::default(); d * d];
+        // Only the band is needed: row transforms, then column FFTs for kₓ = 0..=kx_max;
+        // kₓ < 0 from Friedel symmetry, F(k_y, −kₓ) = conj F(−k_y, kₓ).
+        let fft = cryoforge_core::fft::Rfft2::new(d);
         let nky = self.nky;
+        let k0 = self.k0;
+        let kx_max = k0.unsigned_abs().max((k0 + nk as i64 - 1).unsigned_abs()) as usize;
+        let nc = (kx_max + 1).min(d / 2 + 1);
         let mut out = vec![0f32; b * nky * 2 * nk];
         let mut std = vec![0f32; b];
-        for (i, img) in images.chunks_exact(d * d).enumerate() {
-            fft.forward_real(&mut work, img, &mut spec);
-            for iy in 0..nky {
-                let row = (self.k0 + iy as i64 + h) as usize;
-                for ix in 0..nk {
-                    let col = (self.k0 + ix as i64 + h) as usize;
-                    let v = spec[row * d + col];
-                    out[(i * nky + iy) * 2 * nk + ix] = v.re;
-                    out[(i * nky + iy) * 2 * nk + nk + ix] = v.im;
-                }
-            }
-            let n = (d * d) as f64;
-            let mean = img.iter().map(|&x| x as f64).sum::<f64>() / n;
-            let var = img.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-            std[i] = var.sqrt() as f32;
-        }
+        images
+            .par_chunks_exact(d * d)
+            .zip(out.par_chunks_exact_mut(nky * 2 * nk))
+            .zip(std.par_iter_mut())
+            .for_each_init(
+                || (fft.work(), vec![cryoforge_core::fft::C32::default(); d * nc]),
+                |(work, spec), ((img, o), sd)| {
+                    fft.forward_low(work, img, kx_max, spec);
+                    // Stored row of a signed k_y (k_y ≡ k_y mod D).
+                    let row_of = |ky: i64| ky.rem_euclid(d as i64) as usize;
+                    for iy in 0..nky {
+                        let ky = k0 + iy as i64;
+                        for ix in 0..nk {
+                            let kx = k0 + ix as i64;
+                            let v = if kx >= 0 {
+                                spec[row_of(ky) * nc + kx as usize]
+                            } else {
+                                spec[row_of(-ky) * nc + (-kx) as usize].conj()
+                            };
+                            o[iy * 2 * nk + ix] = v.re;
+                            o[iy * 2 * nk + nk + ix] = v.im;
+                        }
+                    }
+                    let n = (d * d) as f64;
+                    let mean = img.iter().map(|&x| x as f64).sum::<f64>() / n;
+                    let var = img.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+                    *sd = var.sqrt() as f32;
+                },
+            );
         Ok(BandData {
             spec: Tensor::from_vec(out, (b, nky, 2 * nk), &self.device)?.to_dtype(self.dtype)?,
             row_w: self.row_w.clone(),
@@ -659,25 +676,84 @@ impl CustomOp1 for PhasorOp {
 
 /// Phasors of frequencies `k_a` (uniform steps) at `u`, in f64 by recurrence:
 /// `c[j] + i·s[j] = exp(−2πi k_j u)`.
+///
+/// The band is a run of integer multiples of dk that contains k = 0 (every band of the
+/// renderer does), so one sin/cos per call suffices: exp(−2πi·dk·u) is raised to the
+/// positive powers upwards from k = 0 and its conjugate to the negative ones downwards
+/// (≤ 64 products each way; the f64 error stays ~1e-12 for |2πku| ≈ 360, far below f32).
 fn phasor_row(k_a: &[f64], u: f64, c: &mut [f64], s: &mut [f64]) {
     let nk = k_a.len();
     if nk == 0 {
         return;
     }
     let dk = if nk > 1 { k_a[1] - k_a[0] } else { 0.0 };
-    let step_ph = -2.0 * std::f64::consts::PI * dk * u;
-    let step = (step_ph.cos(), step_ph.sin());
-    let start_ph = -2.0 * std::f64::consts::PI * k_a[0] * u;
-    let mut p = (start_ph.cos(), start_ph.sin());
-    for j in 0..nk {
+    let j0 = if dk != 0.0 { (-k_a[0] / dk).round() } else { -1.0 };
+    if !(j0 >= 0.0 && (j0 as usize) < nk && k_a[j0 as usize].abs() <= 1e-9 * dk.abs()) {
+        // General band (k = 0 not in it): start from the first frequency.
+        let step_ph = -2.0 * std::f64::consts::PI * dk * u;
+        let step = (step_ph.cos(), step_ph.sin());
+        let start_ph = -2.0 * std::f64::consts::PI * k_a[0] * u;
+        let mut p = (start_ph.cos(), start_ph.sin());
+        for j in 0..nk {
+            c[j] = p.0;
+            s[j] = p.1;
+            p = (p.0 * step.0 - p.1 * step.1, p.0 * step.1 + p.1 * step.0);
+        }
+        return;
+    }
+    let j0 = j0 as usize;
+    let (st, ct) = (-2.0 * std::f64::consts::PI * dk * u).sin_cos();
+    c[j0] = 1.0;
+    s[j0] = 0.0;
+    let mut p = (1.0f64, 0.0f64);
+    for j in j0 + 1..nk {
+        p = (p.0 * ct - p.1 * st, p.0 * st + p.1 * ct);
         c[j] = p.0;
         s[j] = p.1;
-        p = (p.0 * step.0 - p.1 * step.1, p.0 * step.1 + p.1 * step.0);
+    }
+    let mut p = (1.0f64, 0.0f64);
+    for j in (0..j0).rev() {
+        p = (p.0 * ct + p.1 * st, p.1 * ct - p.0 * st);
+        c[j] = p.0;
+        s[j] = p.1;
     }
 }
 
 fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+/// A buffer of `n` f32 for `fill`, which must write every element (each chunk of
+/// `chunk` values is handed to it with its index, in parallel). Avoids zero-filling
+/// buffers of tens of MB that are overwritten at once (the phasor operands).
+fn filled_f32(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit<f32> needs no initialisation; the capacity is n.
+    unsafe { v.set_len(n) };
+    v.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `fill` initialised every element (callers' contract, checked by the tests
+    // that compare these operands with direct evaluation); MaybeUninit<f32> and f32 have
+    // the same layout, so the allocation is reused as Vec<f32> with the same length and
+    // capacity.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
+}
+
+/// Runs `f` on the f32 values of `t` in row-major order: borrowed in place for a
+/// contiguous CPU tensor (no copy of the [B, 2R, 2K] gradients), else from a host copy.
+fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<T>) -> candle_core::Result<T> {
+    {
+        let (st, l) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*st, l.contiguous_offsets())
+        {
+            return f(&v[a..b]);
+        }
+    }
+    f(&host_f32(t)?)
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -707,22 +783,21 @@ impl CustomOp1 for PhasorBlockX {
         let (b, r) = layout.shape().dims2()?;
         let nk = self.k_a.len();
         let w = 2 * nk;
-        let mut out = vec![0f32; b * 2 * r * w];
-        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
-        for bb in 0..b {
+        let out = filled_f32(b * 2 * r * w, 2 * r * w, |bb, o| {
+            let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
             for rr in 0..r {
                 phasor_row(&self.k_a, u[bb * r + rr] as f64, &mut c, &mut s);
-                let top = (bb * 2 * r + rr) * w;
-                let bot = (bb * 2 * r + r + rr) * w;
+                let top = rr * w;
+                let bot = (r + rr) * w;
                 for j in 0..nk {
                     let (cj, sj) = (c[j] as f32, s[j] as f32);
-                    out[top + j] = cj;
-                    out[top + nk + j] = sj;
-                    out[bot + j] = -sj;
-                    out[bot + nk + j] = cj;
+                    o[top + j].write(cj);
+                    o[top + nk + j].write(sj);
+                    o[bot + j].write(-sj);
+                    o[bot + nk + j].write(cj);
                 }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, 2 * r, w))))
     }
 
@@ -730,24 +805,27 @@ impl CustomOp1 for PhasorBlockX {
         let (b, r) = arg.dims2()?;
         let nk = self.k_a.len();
         let w = 2 * nk;
-        let g = host_f32(grad_res)?;
-        let o = host_f32(res)?;
         let mut gu = vec![0f32; b * r];
-        for bb in 0..b {
-            for rr in 0..r {
-                let top = (bb * 2 * r + rr) * w;
-                let bot = (bb * 2 * r + r + rr) * w;
-                let mut acc = 0f64;
-                for j in 0..nk {
-                    let (cj, sj) = (o[top + j] as f64, o[top + nk + j] as f64);
-                    let gc = g[top + j] as f64 + g[bot + nk + j] as f64;
-                    let gs = g[top + nk + j] as f64 - g[bot + j] as f64;
-                    // ∂C/∂u = 2πk·S, ∂S/∂u = −2πk·C
-                    acc += 2.0 * std::f64::consts::PI * self.k_a[j] * (gc * sj - gs * cj);
-                }
-                gu[bb * r + rr] = acc as f32;
-            }
-        }
+        with_host_f32(grad_res, |g| {
+            with_host_f32(res, |o| {
+                gu.par_chunks_mut(r.max(1)).enumerate().for_each(|(bb, gub)| {
+                    for rr in 0..r {
+                        let top = (bb * 2 * r + rr) * w;
+                        let bot = (bb * 2 * r + r + rr) * w;
+                        let mut acc = 0f64;
+                        for j in 0..nk {
+                            let (cj, sj) = (o[top + j] as f64, o[top + nk + j] as f64);
+                            let gc = g[top + j] as f64 + g[bot + nk + j] as f64;
+                            let gs = g[top + nk + j] as f64 - g[bot + j] as f64;
+                            // ∂C/∂u = 2πk·S, ∂S/∂u = −2πk·C
+                            acc += 2.0 * std::f64::consts::PI * self.k_a[j] * (gc * sj - gs * cj);
+                        }
+                        gub[rr] = acc as f32;
+                    }
+                });
+                Ok(())
+            })
+        })?;
         Ok(Some(Tensor::from_vec(gu, (b, r), arg.device())?))
     }
 }
@@ -777,19 +855,18 @@ impl candle_core::CustomOp2 for PhasorBlockY {
             candle_core::bail!("phasor block y: amplitudes {:?} vs centres {:?}", l2.shape(), l1.shape());
         }
         let nk = self.k_a.len();
-        let mut out = vec![0f32; b * nk * 2 * r];
-        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
-        for bb in 0..b {
+        let out = filled_f32(b * nk * 2 * r, nk * 2 * r, |bb, o| {
+            let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
             for rr in 0..r {
                 let amp = a[bb * r + rr] as f64;
                 phasor_row(&self.k_a, v[bb * r + rr] as f64, &mut c, &mut s);
                 for j in 0..nk {
-                    let row = (bb * nk + j) * 2 * r;
-                    out[row + rr] = (amp * c[j]) as f32;
-                    out[row + r + rr] = (amp * s[j]) as f32;
+                    let row = j * 2 * r;
+                    o[row + rr].write((amp * c[j]) as f32);
+                    o[row + r + rr].write((amp * s[j]) as f32);
                 }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, nk, 2 * r))))
     }
 
@@ -802,28 +879,95 @@ impl candle_core::CustomOp2 for PhasorBlockY {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, r) = arg1.dims2()?;
         let nk = self.k_a.len();
-        let g = host_f32(grad_res)?;
         let v = host_f32(arg1)?;
         let a = host_f32(arg2)?;
         let (mut gv, mut ga) = (vec![0f32; b * r], vec![0f32; b * r]);
-        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
-        for bb in 0..b {
-            for rr in 0..r {
-                phasor_row(&self.k_a, v[bb * r + rr] as f64, &mut c, &mut s);
-                let (mut acc_a, mut acc_v) = (0f64, 0f64);
-                for j in 0..nk {
-                    let row = (bb * nk + j) * 2 * r;
-                    let (gc, gs) = (g[row + rr] as f64, g[row + r + rr] as f64);
-                    acc_a += gc * c[j] + gs * s[j];
-                    acc_v += 2.0 * std::f64::consts::PI * self.k_a[j] * (gc * s[j] - gs * c[j]);
-                }
-                ga[bb * r + rr] = acc_a as f32;
-                gv[bb * r + rr] = (acc_v * a[bb * r + rr] as f64) as f32;
-            }
-        }
+        with_host_f32(grad_res, |g| {
+            gv.par_chunks_mut(r.max(1)).zip(ga.par_chunks_mut(r.max(1))).enumerate().for_each_init(
+                || (vec![0f64; nk], vec![0f64; nk]),
+                |(c, s), (bb, (gvb, gab))| {
+                    for rr in 0..r {
+                        phasor_row(&self.k_a, v[bb * r + rr] as f64, c, s);
+                        let (mut acc_a, mut acc_v) = (0f64, 0f64);
+                        for j in 0..nk {
+                            let row = (bb * nk + j) * 2 * r;
+                            let (gc, gs) = (g[row + rr] as f64, g[row + r + rr] as f64);
+                            acc_a += gc * c[j] + gs * s[j];
+                            acc_v += 2.0 * std::f64::consts::PI * self.k_a[j] * (gc * s[j] - gs * c[j]);
+                        }
+                        gab[rr] = acc_a as f32;
+                        gvb[rr] = (acc_v * a[bb * r + rr] as f64) as f32;
+                    }
+                },
+            );
+            Ok(())
+        })?;
         Ok((
             Some(Tensor::from_vec(gv, (b, r), arg1.device())?),
             Some(Tensor::from_vec(ga, (b, r), arg2.device())?),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phasor_row;
+
+    #[test]
+    fn band_data_equals_the_full_centred_spectrum_on_the_band() {
+        use super::{Band, Renderer};
+        let d = 16;
+        let img: Vec<f32> = (0..2 * d * d).map(|i| ((i * 7919) % 113) as f32 / 17.0 - 3.0).collect();
+        let fft = cryoforge_core::fft::Fft2::new(d);
+        let mut w = fft.work();
+        for band in [Band::Radius(d / 2), Band::Radius(3)] {
+            let ren = Renderer::new(d, 1.0, band, &candle_core::Device::Cpu).unwrap();
+            let bd = ren.band_data(&img).unwrap();
+            let got: Vec<f32> = bd.spec.flatten_all().unwrap().to_vec1().unwrap();
+            let (nk, nky) = (ren.nk, ren.nky);
+            for (b, im) in img.chunks_exact(d * d).enumerate() {
+                let mut full = vec![cryoforge_core::fft::C32::default(); d * d];
+                fft.forward_real(&mut w, im, &mut full);
+                for iy in 0..nky {
+                    for ix in 0..nk {
+                        let (ky, kx) = (ren.k0 + iy as i64, ren.k0 + ix as i64);
+                        let want = full[(ky + d as i64 / 2) as usize * d + (kx + d as i64 / 2) as usize];
+                        let o = (b * nky + iy) * 2 * nk;
+                        let (re, im_) = (got[o + ix], got[o + nk + ix]);
+                        assert!(
+                            (re - want.re).abs() < 1e-4 && (im_ - want.im).abs() < 1e-4,
+                            "image {b} k ({ky}, {kx}): {re} {im_} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn phasor_rows_match_direct_evaluation_for_every_band_shape() {
+        let dk = 1.0 / (128.0 * 1.5);
+        let bands: [Vec<f64>; 3] = [
+            (-12..=12).map(|k| k as f64 * dk).collect(), // symmetric low-pass band
+            (-64..64).map(|k| k as f64 * dk).collect(),  // full grid: −D/2..D/2−1
+            (3..20).map(|k| k as f64 * dk).collect(),    // no k = 0: the general path
+        ];
+        for k_a in &bands {
+            let (mut c, mut s) = (vec![0.0; k_a.len()], vec![0.0; k_a.len()]);
+            for u in [-173.2, -3.7, 0.0, 0.4, 58.9, 201.3] {
+                phasor_row(k_a, u, &mut c, &mut s);
+                for (j, &k) in k_a.iter().enumerate() {
+                    let ph = -2.0 * std::f64::consts::PI * k * u;
+                    assert!(
+                        (c[j] - ph.cos()).abs() < 1e-10 && (s[j] - ph.sin()).abs() < 1e-10,
+                        "k {k} u {u}: {} {} vs {} {}",
+                        c[j],
+                        s[j],
+                        ph.cos(),
+                        ph.sin()
+                    );
+                }
+            }
+        }
     }
 }

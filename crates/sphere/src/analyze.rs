@@ -90,8 +90,8 @@ pub fn structures_at(model: &SphereModel, zs: &[f32]) -> Result<Vec<[f32; 3]>> {
     }
     let z = Tensor::from_vec(zs.to_vec(), (b, zd), &Device::Cpu)?;
     let m = model.decode(&z)?;
-    let w = model.seg.posterior_mean()?;
-    let x: Vec<Vec<Vec<f32>>> = model.deform(&w, &m)?.to_vec3()?;
+    let ws = model.seg.posterior_mean_blocks()?;
+    let x: Vec<Vec<Vec<f32>>> = model.deform_blocks(&ws, &m)?.to_vec3()?;
     Ok(x.into_iter().flat_map(|s| s.into_iter().map(|p| [p[0], p[1], p[2]])).collect())
 }
 

@@ -174,7 +174,10 @@ pub fn deform(x0: &Tensor, w: &Tensor, m: &Motions, centres: Option<&Tensor>) ->
     if wk != k || (wb != b && wb != 1) {
         return Err(SphereError::msg(format!("memberships {:?} do not match motions [{b}, {k}]", w.dims())));
     }
-    let w = w.broadcast_as((b, r, k))?;
+    // Materialised: candle's ops on the stride-0 batch of a broadcast [1, R, K] gave
+    // results up to 2e-3 Å off the contiguous ones (test
+    // `block_wise_deformation_equals_the_full_membership_deformation`).
+    let w = w.broadcast_as((b, r, k))?.contiguous()?;
     let mut x = x0.unsqueeze(0)?.broadcast_as((b, r, 3))?.contiguous()?;
     for s in 0..k {
         let phi = w.narrow(2, s, 1)?.broadcast_mul(&m.angle.narrow(1, s, 1)?.unsqueeze(1)?)?; // [B, R, 1]
@@ -271,6 +274,25 @@ pub struct Segmentation {
     mask_add: Tensor,
     /// 1 when the residue is in a part, [1, R, 1].
     covered: Tensor,
+    /// The memberships are block-diagonal (a residue belongs only to its part's segments):
+    /// per part, its residues and segments, for the block-wise evaluation used in training
+    /// and decoding, O(B·Σ R_p·K_p) instead of O(B·R·K).
+    blocks: Vec<PartBlock>,
+    /// Residues outside every part (they do not move), u32 indices.
+    unmoved: Option<Tensor>,
+    /// Full residue order from cat(part residues…, unmoved residues); None when that
+    /// concatenation already is the residue order.
+    assemble: Option<Tensor>,
+}
+
+/// One part of the block-diagonal segmentation.
+struct PartBlock {
+    /// First segment and number of segments.
+    seg0: usize,
+    k: usize,
+    /// Residue indices (u32 \[R_p\]) and their positions in the part, [1, R_p, 1].
+    res: Tensor,
+    pos: Tensor,
 }
 
 fn t1(v: &[f64], dev: &Device, dt: DType) -> Result<Tensor> {
@@ -321,7 +343,45 @@ impl Segmentation {
             }
         }
         let pos: Vec<f64> = layout.pos.iter().map(|&p| p as f64).collect();
+        let mut order: Vec<u32> = Vec::with_capacity(r);
+        let mut blocks = Vec::with_capacity(layout.n_segm.len());
+        for (p, (&seg0, &kp)) in layout.seg_start.iter().zip(&layout.n_segm).enumerate() {
+            let res: Vec<u32> = (0..r).filter(|&i| layout.part_of[i] == Some(p)).map(|i| i as u32).collect();
+            if res.is_empty() {
+                continue;
+            }
+            let pp: Vec<f64> = res.iter().map(|&i| pos[i as usize]).collect();
+            order.extend(&res);
+            let rp = res.len();
+            blocks.push(PartBlock {
+                seg0,
+                k: kp,
+                res: Tensor::from_vec(res, rp, dev)?,
+                pos: t1(&pp, dev, dt)?.reshape((1, rp, 1))?,
+            });
+        }
+        let unmoved_idx: Vec<u32> =
+            (0..r).filter(|&i| layout.part_of[i].is_none()).map(|i| i as u32).collect();
+        order.extend(&unmoved_idx);
+        let unmoved = if unmoved_idx.is_empty() {
+            None
+        } else {
+            let n = unmoved_idx.len();
+            Some(Tensor::from_vec(unmoved_idx, n, dev)?)
+        };
+        let assemble = if order.iter().enumerate().all(|(i, &o)| o as usize == i) {
+            None
+        } else {
+            let mut inv = vec![0u32; r];
+            for (j, &o) in order.iter().enumerate() {
+                inv[o as usize] = j as u32;
+            }
+            Some(Tensor::from_vec(inv, r, dev)?)
+        };
         Ok(Segmentation {
+            blocks,
+            unmoved,
+            assemble,
             pos: t1(&pos, dev, dt)?.reshape((1, r, 1))?,
             mask_add: t1(&mask, dev, dt)?.reshape((1, r, k))?,
             covered: t1(&cov, dev, dt)?.reshape((1, r, 1))?,
@@ -358,8 +418,42 @@ impl Segmentation {
         Ok((raw.relu()? + neg)?.maximum(1e-4)?)
     }
 
-    /// One draw of the segmentation per image from the posteriors: [B, R, K].
-    pub fn sample<R: Rng>(&self, b: usize, rng: &mut R) -> Result<Tensor> {
+    /// Memberships of one part's residues in its own segments, [B, R_p, K_p], from that
+    /// part's m, s, π ([B, K_p]): equal to the part's block of [`Segmentation::membership`].
+    fn membership_block(&self, blk: &PartBlock, m: &Tensor, s: &Tensor, pi: &Tensor) -> Result<Tensor> {
+        let m = m.unsqueeze(1)?;
+        let s = s.unsqueeze(1)?;
+        let d = blk.pos.broadcast_sub(&m)?.broadcast_div(&s)?;
+        let logit =
+            ((d.sqr()? * -0.5)?.broadcast_sub(&s.log()?)?.broadcast_add(&pi.unsqueeze(1)?)? / self.tau)?;
+        Ok(cryoforge_nn::ops::softmax(&logit)?)
+    }
+
+    fn blocks_from(&self, m: &Tensor, s: &Tensor, pi: &Tensor) -> Result<Vec<Tensor>> {
+        self.blocks
+            .iter()
+            .map(|blk| {
+                let n = |t: &Tensor| t.narrow(1, blk.seg0, blk.k);
+                self.membership_block(blk, &n(m)?, &n(s)?, &n(pi)?)
+            })
+            .collect()
+    }
+
+    /// The draws of [`Segmentation::sample`] (same random numbers), as per-part blocks
+    /// [B, R_p, K_p] for [`SphereModel::deform_blocks`].
+    pub fn sample_blocks<R: Rng>(&self, b: usize, rng: &mut R) -> Result<Vec<Tensor>> {
+        let (m, s, pi) = self.draw(b, rng)?;
+        self.blocks_from(&m, &s, &pi)
+    }
+
+    /// [`Segmentation::posterior_mean`] as per-part blocks [1, R_p, K_p].
+    pub fn posterior_mean_blocks(&self) -> Result<Vec<Tensor>> {
+        let (m, s, pi) = self.posterior_mean_params()?;
+        self.blocks_from(&m, &s, &pi)
+    }
+
+    /// One draw of (m, s, π) per image from the posteriors, each [B, K].
+    fn draw<R: Rng>(&self, b: usize, rng: &mut R) -> Result<(Tensor, Tensor, Tensor)> {
         let k = self.n_segments();
         let v = &self.vars;
         let draw = |mu: &Var, logsd: &Var, rng: &mut R| -> Result<Tensor> {
@@ -372,15 +466,27 @@ impl Segmentation {
         let m = draw(&v.mean_mu, &v.mean_logsd, rng)?;
         let s = Self::width(&draw(&v.std_mu, &v.std_logsd, rng)?)?;
         let pi = draw(&v.prop_mu, &v.prop_logsd, rng)?;
+        Ok((m, s, pi))
+    }
+
+    /// (m, s, π) at the posterior means, each [1, K].
+    fn posterior_mean_params(&self) -> Result<(Tensor, Tensor, Tensor)> {
+        let v = &self.vars;
+        let m = v.mean_mu.as_tensor().unsqueeze(0)?;
+        let s = Self::width(&v.std_mu.as_tensor().unsqueeze(0)?)?;
+        let pi = v.prop_mu.as_tensor().unsqueeze(0)?;
+        Ok((m, s, pi))
+    }
+
+    /// One draw of the segmentation per image from the posteriors: [B, R, K].
+    pub fn sample<R: Rng>(&self, b: usize, rng: &mut R) -> Result<Tensor> {
+        let (m, s, pi) = self.draw(b, rng)?;
         self.membership(&m, &s, &pi)
     }
 
     /// The segmentation at the posterior means (reproducible; used by analysis): [1, R, K].
     pub fn posterior_mean(&self) -> Result<Tensor> {
-        let v = &self.vars;
-        let m = v.mean_mu.as_tensor().unsqueeze(0)?;
-        let s = Self::width(&v.std_mu.as_tensor().unsqueeze(0)?)?;
-        let pi = v.prop_mu.as_tensor().unsqueeze(0)?;
+        let (m, s, pi) = self.posterior_mean_params()?;
         self.membership(&m, &s, &pi)
     }
 
@@ -519,5 +625,39 @@ impl SphereModel {
     pub fn deform(&self, w: &Tensor, m: &Motions) -> Result<Tensor> {
         let c = segment_centres(w, &self.x0, self.cfg.rotation_centre)?;
         deform(&self.x0, w, m, c.as_ref())
+    }
+
+    /// [`SphereModel::deform`] from per-part membership blocks
+    /// ([`Segmentation::sample_blocks`], [`Segmentation::posterior_mean_blocks`]): each part's
+    /// residues move with its own segments only, so the cost is O(B·Σ R_p·K_p²) rather than
+    /// O(B·R·K²) — what makes many-chain complexes (hundreds of segments) trainable.
+    pub fn deform_blocks(&self, ws: &[Tensor], m: &Motions) -> Result<Tensor> {
+        let seg = &self.seg;
+        if ws.len() != seg.blocks.len() {
+            return Err(SphereError::msg(format!(
+                "{} membership blocks for {} parts",
+                ws.len(),
+                seg.blocks.len()
+            )));
+        }
+        let b = m.angle.dim(0)?;
+        let mut pieces = Vec::with_capacity(ws.len() + 1);
+        for (blk, w) in seg.blocks.iter().zip(ws) {
+            let x0 = self.x0.index_select(&blk.res, 0)?;
+            let n = |t: &Tensor| t.narrow(1, blk.seg0, blk.k);
+            let mp = Motions { axis: n(&m.axis)?, angle: n(&m.angle)?, trans: n(&m.trans)? };
+            let c = segment_centres(w, &x0, self.cfg.rotation_centre)?;
+            pieces.push(deform(&x0, w, &mp, c.as_ref())?);
+        }
+        if let Some(u) = &seg.unmoved {
+            let x0 = self.x0.index_select(u, 0)?;
+            let ru = x0.dim(0)?;
+            pieces.push(x0.unsqueeze(0)?.broadcast_as((b, ru, 3))?.contiguous()?);
+        }
+        let x = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(&pieces, 1)? };
+        Ok(match &seg.assemble {
+            Some(perm) => x.index_select(perm, 1)?,
+            None => x,
+        })
     }
 }

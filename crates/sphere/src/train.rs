@@ -133,6 +133,8 @@ pub struct TrainInputs {
     pub out: PathBuf,
     /// Continue from the latest checkpoint in RUN/checkpoints.
     pub resume: bool,
+    /// Where the model and batches live (`cryoforge_nn::parse_device`).
+    pub device: Device,
     /// The command line (for run.toml).
     pub command: String,
     /// Further `[data]` entries of run.toml that reload the same particles (poses, ctf,
@@ -288,7 +290,7 @@ pub fn train(
     on_step: &mut dyn FnMut(&Progress),
 ) -> Result<TrainSummary> {
     cfg.validate()?;
-    let dev = Device::Cpu;
+    let dev = inp.device.clone();
     let stack = inp.stack.clone();
     let n = stack.len();
     if n == 0 {
@@ -438,8 +440,8 @@ pub fn train(
             let eps: Vec<f32> = (0..b * cfg.zdim).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
             let z = (mu.clone() + (Tensor::from_vec(eps, (b, cfg.zdim), &dev)? * &sd)?)?;
             let motions = model.decode(&z)?;
-            let w = model.seg.sample(b, &mut rng)?;
-            let coords = model.deform(&w, &motions)?;
+            let ws = model.seg.sample_blocks(b, &mut rng)?;
+            let coords = model.deform_blocks(&ws, &motions)?;
             let spec = ren.spectrum(&coords, &model.amps, &model.sigma, &rots, &shifts)?;
             let recon = loss_fn.loss(&ren.apply_transfer(&spec, &transfer)?, &data)?;
             let zeros = Tensor::zeros((), DType::F32, &dev)?;

@@ -86,6 +86,7 @@ fn analyze_writes_the_contract_files() {
         layout,
         out: run.clone(),
         resume: false,
+        device: candle_core::Device::Cpu,
         command: "test".into(),
         data_extra: Vec::new(),
     };

@@ -296,3 +296,46 @@ fn sampled_memberships_are_finite_for_many_segments_in_f32() {
         assert_eq!(bad, 0, "{bad} non-finite memberships of {}", v.len());
     }
 }
+
+#[test]
+fn block_wise_deformation_equals_the_full_membership_deformation() {
+    // Two chains; parts listed out of residue order (chain B first) and residues 9–10 of
+    // chain A in no part, so the block path must permute and keep unmoved residues.
+    let chains: Vec<String> = (0..24).map(|i| if i < 12 { "A" } else { "B" }.to_string()).collect();
+    let seqs: Vec<i32> = (0..24).map(|i| (i % 12) + 1).collect();
+    let specs =
+        cryoforge_sphere::parts::parse_parts("B 1-12 3\nA 1-8 2\n", std::path::Path::new("p")).unwrap();
+    let layout = Layout::from_specs(&chains, &seqs, &specs, 20).unwrap();
+    let x0 = chain_coords(24);
+    let amps = vec![1.0; 24];
+    for centre in [RotationCentre::Origin, RotationCentre::Centroid] {
+        let cfg = SphereConfig { rotation_centre: centre, zdim: 2, ..SphereConfig::default() };
+        let model =
+            cryoforge_sphere::model::SphereModel::new(&cfg, 16, &x0, &amps, layout.clone(), &Device::Cpu)
+                .unwrap();
+        let z = Tensor::new(&[[0.7f32, -1.3], [2.0, 0.4], [-0.5, 1.1]], &Device::Cpu).unwrap();
+        let m = model.decode(&z).unwrap();
+        let seed = |s| <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(s);
+        let full = model.deform(&model.seg.sample(3, &mut seed(5)).unwrap(), &m).unwrap();
+        let blocks = model.deform_blocks(&model.seg.sample_blocks(3, &mut seed(5)).unwrap(), &m).unwrap();
+        assert_eq!(full.dims(), [3, 24, 3]);
+        assert_eq!(blocks.dims(), [3, 24, 3]);
+        let diff =
+            (full.clone() - &blocks).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = full.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-5 * scale, "{centre:?}: max |Δ| {diff} (scale {scale})");
+        // The posterior mean is one [1, R, K] segmentation broadcast over the batch (candle's
+        // batched matmul mishandles stride-0 operands: `deform` materialises them).
+        let pm = model.deform(&model.seg.posterior_mean().unwrap(), &m).unwrap();
+        let pb = model.deform_blocks(&model.seg.posterior_mean_blocks().unwrap(), &m).unwrap();
+        let d2 = (pm - pb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d2 <= 1e-5 * scale, "{centre:?}: posterior mean max |Δ| {d2}");
+        // Residues 9–12 of chain A are in no part: unmoved.
+        let v: Vec<Vec<Vec<f32>>> = blocks.to_vec3().unwrap();
+        for i in 8..12 {
+            for d in 0..3 {
+                assert!((v[1][i][d] as f64 - x0[i][d]).abs() < 1e-5, "residue {i} moved");
+            }
+        }
+    }
+}

@@ -46,6 +46,11 @@ impl StarModel {
         Ok(StarModel { vm, enc, mu, logvar, dec, out, zdim: cfg.zdim, n_res, d, reference })
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        self.reference.device()
+    }
+
     /// Re-draws every parameter deterministically from `seed` (candle's own initialisers
     /// use a global RNG): uniform ±1/√fan_in for weights and biases (PyTorch's Linear).
     pub fn reseed(&self, seed: u64) -> Result<()> {

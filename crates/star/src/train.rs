@@ -90,6 +90,8 @@ pub struct TrainOutcome {
     pub lowpass_a: f64,
 }
 
+/// Device of the preparation and analysis helpers (statistics, encoding for analysis):
+/// they run once per run, on the CPU; training runs on the device given to [`train`].
 fn dev() -> Device {
     Device::Cpu
 }
@@ -232,6 +234,7 @@ fn batch_inputs(
     cfg: &StarConfig,
     images: &mut [f32],
     d: usize,
+    dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
     if cfg.invert {
         images.iter_mut().for_each(|v| *v = -*v);
@@ -241,7 +244,7 @@ fn batch_inputs(
     let scale = cfg.input_scale.unwrap_or(1.0) as f32;
     let enc: Vec<f32> =
         lp.chunks_exact(d * d).flat_map(|im| im.iter().zip(mask).map(move |(v, m)| v * m * scale)).collect();
-    Ok((Tensor::from_vec(lp, (b, d, d), &dev())?, Tensor::from_vec(enc, (b, d * d), &dev())?))
+    Ok((Tensor::from_vec(lp, (b, d, d), dev)?, Tensor::from_vec(enc, (b, d * d), dev)?))
 }
 
 fn newest_checkpoint(run: &Path) -> Option<PathBuf> {
@@ -273,9 +276,9 @@ fn save_checkpoint(run: &Path, model: &StarModel, opt: &Adam, step: u64, rng: &T
     Ok(())
 }
 
-fn normal_tensor(rng: &mut TrainRng, shape: (usize, usize)) -> Result<Tensor> {
+fn normal_tensor(rng: &mut TrainRng, shape: (usize, usize), dev: &Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| StandardNormal.sample(rng)).collect();
-    Ok(Tensor::from_vec(v, shape, &dev())?)
+    Ok(Tensor::from_vec(v, shape, dev)?)
 }
 
 /// Reference-init warm-up: fit the decoder to zero displacement for z ~ N(0, I).
@@ -291,7 +294,7 @@ pub fn reference_init(
     let mut last: Vec<f64> = Vec::new();
     let mut mean = f64::INFINITY;
     for s in 0..max_steps {
-        let z = normal_tensor(rng, (cfg.batch_size, cfg.zdim))?;
+        let z = normal_tensor(rng, (cfg.batch_size, cfg.zdim), model.device())?;
         let loss = model.decode(&z)?.sqr()?.mean_all()?;
         last.push(loss.to_scalar::<f32>()? as f64);
         if last.len() > 20 {
@@ -308,13 +311,16 @@ pub fn reference_init(
 
 /// Trains into `run` (created; reference.pdb, metrics, checkpoints, weights.safetensors).
 /// `cfg` must have been through [`prepare`]. With `resume`, continues from the newest
-/// checkpoint in RUN/checkpoints. `on_progress` is called after every step.
+/// checkpoint in RUN/checkpoints. `on_progress` is called after every step. `device`:
+/// where the model and each batch live (`cryoforge_nn::parse_device`; the renderer uses its
+/// fused CPU kernels on the CPU and candle ops elsewhere).
 pub fn train(
     stack: Arc<ParticleStack>,
     reference: &Reference,
     cfg: &StarConfig,
     run: &Path,
     resume: bool,
+    device: &Device,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainOutcome> {
     cfg.check()?;
@@ -333,19 +339,19 @@ pub fn train(
     std::fs::create_dir_all(run)
         .map_err(|e| StarError::msg(format!("{}: cannot create: {e}", run.display())))?;
     let lowpass = resolved_lowpass(cfg);
-    let ren = Renderer::new(d, apix, Band::Resolution { resolution_a: lowpass }, &dev())?;
-    let corr = CorrelationLoss::new(d, cfg.mask_ratio, 1e-8, &dev())?;
+    let ren = Renderer::new(d, apix, Band::Resolution { resolution_a: lowpass }, device)?;
+    let corr = CorrelationLoss::new(d, cfg.mask_ratio, 1e-8, device)?;
     let mask = circular_mask(d, cfg.mask_ratio);
     let n_in = corr.n_in();
-    let model = StarModel::new(cfg, d, &reference.flat_f32(), &dev())?;
+    let model = StarModel::new(cfg, d, &reference.flat_f32(), device)?;
     model.reseed(cfg.seed)?;
-    let amps = Tensor::from_slice(&reference.amps, reference.len(), &dev())?;
-    let sigma = Tensor::new(&[cfg.sigma_a as f32], &dev())?;
-    let cont_pairs = PairList::new(&reference.consecutive, &dev())?;
-    let cont_d0 = Tensor::from_slice(&reference.consecutive_d0, reference.consecutive_d0.len(), &dev())?;
-    let clash_pairs = PairList::new(&reference.clash, &dev())?;
-    let en_pairs = PairList::new(&reference.elastic, &dev())?;
-    let en_d0 = Tensor::from_slice(&reference.elastic_d0, reference.elastic_d0.len(), &dev())?;
+    let amps = Tensor::from_slice(&reference.amps, reference.len(), device)?;
+    let sigma = Tensor::new(&[cfg.sigma_a as f32], device)?;
+    let cont_pairs = PairList::new(&reference.consecutive, device)?;
+    let cont_d0 = Tensor::from_slice(&reference.consecutive_d0, reference.consecutive_d0.len(), device)?;
+    let clash_pairs = PairList::new(&reference.clash, device)?;
+    let en_pairs = PairList::new(&reference.elastic, device)?;
+    let en_d0 = Tensor::from_slice(&reference.elastic_d0, reference.elastic_d0.len(), device)?;
     let w = cfg.loss_weights;
     let (w_clash, w_en) = if cfg.no_elastic { (0.0, 0.0) } else { (w.clash, w.elastic) };
     let beta = Schedule::Linear { start: 0.0, end: cfg.kl_max, steps: cfg.kl_warmup_steps };
@@ -416,15 +422,15 @@ pub fn train(
             }
             let mut batch = batch?;
             let b = batch.len();
-            let (data, enc_in) = batch_inputs(&ren, &mask, cfg, &mut batch.images, d)?;
+            let (data, enc_in) = batch_inputs(&ren, &mask, cfg, &mut batch.images, d, device)?;
             let (rots, shifts) =
-                batch.pose_tensors(&dev())?.ok_or_else(|| StarError::msg("batch without poses"))?;
+                batch.pose_tensors(device)?.ok_or_else(|| StarError::msg("batch without poses"))?;
             let transfer = match &batch.ctf {
                 Some(c) => ren.ctf_transfer(c)?,
                 None => ren.identity_transfer(b)?,
             };
             let (mu, logvar) = model.encode(&enc_in)?;
-            let eps = normal_tensor(&mut rng, (b, cfg.zdim))?;
+            let eps = normal_tensor(&mut rng, (b, cfg.zdim), device)?;
             let z = (&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
             let coords = model.structures(&z)?;
             let pred = ren.render(&coords, &amps, &sigma, &rots, &shifts, &transfer)?;
@@ -583,7 +589,7 @@ pub fn encode_stack(model: &StarModel, cfg: &StarConfig, stack: &ParticleStack) 
         for k in 0..b {
             stack.read_image(i + k, &mut imgs[k * d * d..(k + 1) * d * d])?;
         }
-        let (_, enc) = batch_inputs(&ren, &mask, cfg, &mut imgs[..b * d * d], d)?;
+        let (_, enc) = batch_inputs(&ren, &mask, cfg, &mut imgs[..b * d * d], d, &dev())?;
         let (mu, _) = model.encode(&enc)?;
         out.extend(mu.flatten_all()?.to_vec1::<f32>()?);
         i += b;

@@ -354,6 +354,7 @@ pub fn train_volume(
     cfg: &VolumeConfig,
     out_dir: &Path,
     resume: bool,
+    device: &Device,
     progress: &mut dyn FnMut(&VolumeProgress),
 ) -> Result<(VolumeModel, VolumeOutcome)> {
     cfg.check()?;
@@ -386,7 +387,7 @@ pub fn train_volume(
         invert: cfg.invert,
     };
     let m = prep.disk.len();
-    let dev = Device::Cpu;
+    let dev = device.clone();
     std::fs::create_dir_all(out_dir).map_err(|e| StarError::msg(format!("{}: {e}", out_dir.display())))?;
 
     // Output scale: RMS of the data Hartley values on the disk (first ≤ 256 particles).

@@ -87,7 +87,8 @@ fn short_training_reduces_rmsd() {
     .unwrap();
     write_run_toml(&run, "test", &cfg, &mrcs, n, d, apix, &[]).unwrap();
     let stack = Arc::new(stack);
-    let res = train(stack.clone(), &reference, &cfg, &run, false, &mut |_| {}).unwrap();
+    let res =
+        train(stack.clone(), &reference, &cfg, &run, false, &candle_core::Device::Cpu, &mut |_| {}).unwrap();
     assert_eq!(res.steps, 240);
     for f in ["metrics.csv", "metrics.jsonl", "weights.safetensors", "run.toml"] {
         assert!(run.join(f).is_file(), "{f}");
@@ -114,6 +115,6 @@ fn short_training_reduces_rmsd() {
 
     // Resume continues from the last checkpoint to a longer run.
     let cfg2 = StarConfig { steps: Some(260), ..cfg.clone() };
-    let res2 = train(stack, &reference, &cfg2, &run, true, &mut |_| {}).unwrap();
+    let res2 = train(stack, &reference, &cfg2, &run, true, &candle_core::Device::Cpu, &mut |_| {}).unwrap();
     assert_eq!(res2.steps, 260);
 }

@@ -187,7 +187,8 @@ fn tiny_end_to_end_recovers_the_map() {
     };
     let t0 = std::time::Instant::now();
     let out_dir = dir.path().join("vol");
-    let (model, out) = train_volume(&st, &[], 0, &cfg, &out_dir, false, &mut |_| {}).unwrap();
+    let (model, out) =
+        train_volume(&st, &[], 0, &cfg, &out_dir, false, &candle_core::Device::Cpu, &mut |_| {}).unwrap();
     let got = eval_volume(&model, &[], out.band_px).unwrap();
     let want = band_limit(&vol, d, band);
     let r = pearson(&got, &want);

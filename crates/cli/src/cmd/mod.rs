@@ -2,6 +2,7 @@ pub mod center_model;
 pub mod convert;
 pub mod demo;
 pub mod downsample;
+pub mod fsc;
 pub mod info;
 pub mod morph;
 pub mod pdb2map;

@@ -48,6 +48,8 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint of --out.
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
     /// Print the summary JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -233,6 +235,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         layout,
         out: a.out.clone(),
         resume: a.resume,
+        device: a.device.open()?,
         command,
         data_extra: a.particles.run_data_entries(),
     };

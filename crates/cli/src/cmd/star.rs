@@ -96,6 +96,8 @@ pub struct TrainArgs {
     /// only --epochs/--steps may change).
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
     /// Print the summary JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -172,6 +174,10 @@ pub struct VolumeArgs {
     /// Particles per step (16).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Train on at most N particles, a random subset drawn with --seed (default: all).
+    /// Volumes are still evaluated at any latent; for CPU runs on large data sets.
+    #[arg(long, value_name = "N")]
+    pub max_particles: Option<usize>,
     /// AdamW learning rate (1e-4).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -186,6 +192,8 @@ pub struct VolumeArgs {
     /// Continue from the newest epoch checkpoint in the output folder (same settings).
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
     /// Print the summary JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -310,7 +318,8 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
             ));
         }
     };
-    let out = train(Arc::new(stack), &reference, &cfg, &a.out, a.resume, &mut cb)?;
+    let device = a.device.open()?;
+    let out = train(Arc::new(stack), &reference, &cfg, &a.out, a.resume, &device, &mut cb)?;
     bar.finish_and_clear();
     let summary = serde_json::to_value(&out)?;
     write_json_atomic(&a.out.join("train_summary.json"), &summary)?;
@@ -373,7 +382,7 @@ fn read_z_values(path: &Path, zdim: usize) -> Result<Vec<f32>> {
 fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
     use cryoforge_star::volume::{eval_volume, train_volume, VolumeConfig};
     let lr = load_run(&a.run)?;
-    let stack = load_run_stack(&a.run, &lr.data)?;
+    let mut stack = load_run_stack(&a.run, &lr.data)?;
     let d = stack.box_px()?;
     let apix = stack.apix_a()?;
     let zdim = lr.cfg.zdim;
@@ -437,6 +446,24 @@ fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
         }
     };
 
+    let (stack, z) = match a.max_particles {
+        Some(0) => bail!("--max-particles must be at least 1"),
+        Some(m) if m < stack.len() => {
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            let mut idx: Vec<usize> = (0..stack.len()).collect();
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_5B5E));
+            idx.truncate(m);
+            idx.sort_unstable();
+            let zs: Vec<f32> =
+                idx.iter().flat_map(|&i| z[i * zdim..(i + 1) * zdim].iter().copied()).collect();
+            stack.select(&idx)?;
+            ctx.say(format!("training on {m} particles drawn at random (seed {})", cfg.seed));
+            (stack, zs)
+        }
+        _ => (stack, z),
+    };
+
     // Latents to evaluate, read (and checked) before training.
     let mut sets: Vec<(String, Vec<f32>)> = Vec::new();
     let an = a.run.join("analysis");
@@ -467,6 +494,7 @@ fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
         lat_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "encoded".into()).into(),
     );
     vt.insert("settings".into(), toml::Value::try_from(&cfg)?);
+    vt.insert("n_particles".into(), (stack.len() as i64).into());
     if let Some(t) = doc.as_table_mut() {
         t.insert("volume".into(), toml::Value::Table(vt));
     }
@@ -490,7 +518,8 @@ fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
             bar.set_message(format!("ep {} loss {:.4e}", p.epoch, p.loss));
         }
     };
-    let (model, out) = train_volume(&stack, &z, zdim, &cfg, &out_dir, a.resume, &mut cb)?;
+    let device = a.device.open()?;
+    let (model, out) = train_volume(&stack, &z, zdim, &cfg, &out_dir, a.resume, &device, &mut cb)?;
     bar.finish_and_clear();
 
     if sets.is_empty() {
