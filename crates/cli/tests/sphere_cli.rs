@@ -140,3 +140,30 @@ fn sphere_analyze_writes_the_contract_files() {
         .collect();
     assert!(!stars.is_empty() && stars.iter().all(|n| n.starts_with("cluster_") && n.ends_with(".star")));
 }
+
+#[test]
+fn training_commands_reject_an_unusable_device_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no_such.star");
+    let run = dir.path().join("run");
+    let adk = demo("adk_closed.pdb");
+    let cases: [Vec<&str>; 4] = [
+        vec!["star", "train", s(&missing), "--reference", s(&adk), "--out", s(&run), "--device", "tpu"],
+        vec!["sphere", "train", s(&missing), "--reference", s(&adk), "--out", s(&run), "--device", "cuda:x"],
+        vec!["star", "volume", s(&run), "--device", "gpu:1"],
+        // A valid spelling: only a build with `--features cuda` can open it.
+        vec!["star", "train", s(&missing), "--reference", s(&adk), "--out", s(&run), "--device", "cuda"],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        let o = Command::new(env!("CARGO_BIN_EXE_cryoforge")).args(args).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains("--device") && !e.contains("panicked"), "{args:?}: {e}");
+        if i == 3 && !cfg!(feature = "cuda") {
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+        // The device is checked first: the missing particle file is not what failed.
+        assert!(!e.contains("no_such.star"), "{args:?}: {e}");
+    }
+    assert!(!run.exists(), "nothing may be written");
+}

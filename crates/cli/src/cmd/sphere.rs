@@ -189,6 +189,7 @@ fn resolve_config(a: &TrainArgs) -> Result<SphereConfig> {
 }
 
 fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
+    let device = a.device.open()?;
     let cfg = if a.resume && a.out.join("run.toml").exists() && a.config.is_none() {
         // Resume with the settings the run was started with, plus any options given now.
         let mut base = cryoforge_sphere::train::read_run_settings(&a.out)?;
@@ -235,7 +236,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         layout,
         out: a.out.clone(),
         resume: a.resume,
-        device: a.device.open()?,
+        device,
         command,
         data_extra: a.particles.run_data_entries(),
     };

@@ -212,6 +212,8 @@ fn command_line() -> String {
 }
 
 fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
+    // Before any work: an unusable --device is an immediate, clear error.
+    let device = a.device.open()?;
     let stack = a.particles.load(ctx)?;
     let d = stack.box_px()?;
     let apix = stack.apix_a()?;
@@ -318,7 +320,6 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
             ));
         }
     };
-    let device = a.device.open()?;
     let out = train(Arc::new(stack), &reference, &cfg, &a.out, a.resume, &device, &mut cb)?;
     bar.finish_and_clear();
     let summary = serde_json::to_value(&out)?;
@@ -380,6 +381,7 @@ fn read_z_values(path: &Path, zdim: usize) -> Result<Vec<f32>> {
 }
 
 fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
+    let device = a.device.open()?;
     use cryoforge_star::volume::{eval_volume, train_volume, VolumeConfig};
     let lr = load_run(&a.run)?;
     let mut stack = load_run_stack(&a.run, &lr.data)?;
@@ -518,7 +520,6 @@ fn run_volume(a: VolumeArgs, ctx: &Ctx) -> Result<()> {
             bar.set_message(format!("ep {} loss {:.4e}", p.epoch, p.loss));
         }
     };
-    let device = a.device.open()?;
     let (model, out) = train_volume(&stack, &z, zdim, &cfg, &out_dir, a.resume, &device, &mut cb)?;
     bar.finish_and_clear();
 
