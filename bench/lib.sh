@@ -39,7 +39,9 @@ bench_cryoforge() {
     fi
     # A private copy: a concurrent `cargo build` cannot swap the binary mid-benchmark.
     mkdir -p "$ROOT/bench/out/bin"
-    cp "$bin" "$ROOT/bench/out/bin/cryoforge"
+    # (copy, then rename: a benchmark still running the previous copy keeps its file)
+    cp "$bin" "$ROOT/bench/out/bin/cryoforge.$$"
+    mv -f "$ROOT/bench/out/bin/cryoforge.$$" "$ROOT/bench/out/bin/cryoforge"
     CF="$ROOT/bench/out/bin/cryoforge"
     echo "== cryoforge: $bin ($("$CF" --version), git $(git -C "$ROOT" rev-parse --short HEAD))" >&2
 }

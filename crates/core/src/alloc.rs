@@ -4,7 +4,7 @@
 //! malloc serves blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) with
 //! fresh `mmap`s and returns freed heap tops to the kernel, so every step pays page faults
 //! and page clearing for memory it just gave back: measured on the 10,000-residue renderer
-//! benchmark (box 128, batch 64, 2 threads) as 60 % system time, 40 → 86 images/s once the
+//! benchmark (box 128, batch 64, 2 threads) as 60 % system time, 40–50 → 81–106 images/s once the
 //! freed memory is kept (BENCHMARKS.md §5). [`retain_freed_memory`] keeps it.
 
 /// Makes glibc keep freed memory in the process for reuse: no `mmap` for blocks below
