@@ -160,6 +160,7 @@ impl Fft2 {
 /// spectrum, stored D × (D/2+1) with row r ↔ k_y = r for r < D/2, else r − D, and
 /// column c ↔ kₓ = c. Same values as [`Fft2::forward_real`] at those frequencies, for
 /// about half the work.
+#[derive(Clone)]
 pub struct Rfft2 {
     d: usize,
     r2c: Arc<dyn realfft::RealToComplex<f32>>,
@@ -218,26 +219,7 @@ impl Rfft2 {
 
     /// Forward transform of `img` (D×D, origin at pixel D/2) into `out` (D×(D/2+1)).
     pub fn forward(&self, w: &mut Rfft2Work, img: &[f32], out: &mut [C32]) {
-        let (d, nh) = (self.d, self.d / 2 + 1);
-        assert!(img.len() == d * d && out.len() == d * nh, "Rfft2::forward: wrong sizes");
-        for y in 0..d {
-            let src = &img[ifftshift_index(y, d) * d..][..d];
-            for (x, v) in w.row.iter_mut().enumerate() {
-                *v = src[ifftshift_index(x, d)];
-            }
-            // Lengths are fixed at construction: realfft only fails on wrong lengths.
-            let _ = self.r2c.process_with_scratch(&mut w.row, &mut w.row_out, &mut w.rscratch);
-            out[y * nh..(y + 1) * nh].copy_from_slice(&w.row_out);
-        }
-        for c in 0..nh {
-            for y in 0..d {
-                w.col[y] = out[y * nh + c];
-            }
-            self.fwd.process_with_scratch(&mut w.col, &mut w.cscratch);
-            for y in 0..d {
-                out[y * nh + c] = w.col[y];
-            }
-        }
+        self.forward_low(w, img, self.d / 2, out);
     }
 }
 

@@ -138,6 +138,9 @@ pub struct Renderer {
     synth_y: Tensor,
     /// Pixel positions (j − D/2)·apix, \[D\].
     pix: Tensor,
+    /// FFT plans for the data (planned once, not per batch).
+    fft: cryoforge_core::fft::Fft2,
+    rfft: cryoforge_core::fft::Rfft2,
 }
 
 impl Renderer {
@@ -248,6 +251,8 @@ impl Renderer {
             synth_x: Tensor::from_vec(sx, (2 * nk, 2 * d), device)?.to_dtype(dtype)?,
             synth_y: Tensor::from_vec(sy, (d, 2 * nky), device)?.to_dtype(dtype)?,
             pix: Tensor::from_vec(pix, d, device)?.to_dtype(dtype)?,
+            fft: cryoforge_core::fft::Fft2::new(d),
+            rfft: cryoforge_core::fft::Rfft2::new(d),
         })
     }
 
@@ -310,7 +315,7 @@ impl Renderer {
         let (lo, hi) = (self.k0, self.k0 + self.nk as i64 - 1);
         let km2 = (self.kmax * self.kmax) as i64;
         let keep = |k: i64| k >= lo && k <= hi;
-        let fft = cryoforge_core::fft::Fft2::new(d);
+        let fft = &self.fft;
         let mut out = vec![0f32; images.len()];
         images.par_chunks_exact(d * d).zip(out.par_chunks_exact_mut(d * d)).for_each_init(
             || (fft.work(), vec![cryoforge_core::fft::C32::default(); d * d]),
@@ -346,7 +351,7 @@ impl Renderer {
         let nk = self.nk;
         // Only the band is needed: row transforms, then column FFTs for kₓ = 0..=kx_max;
         // kₓ < 0 from Friedel symmetry, F(k_y, −kₓ) = conj F(−k_y, kₓ).
-        let fft = cryoforge_core::fft::Rfft2::new(d);
+        let fft = &self.rfft;
         let nky = self.nky;
         let k0 = self.k0;
         let kx_max = k0.unsigned_abs().max((k0 + nk as i64 - 1).unsigned_abs()) as usize;
@@ -644,21 +649,13 @@ impl CustomOp1 for PhasorOp {
         let u = &u[start..end];
         let nk = self.k_a.len();
         let mut out = vec![0f32; u.len() * 2 * nk];
-        if nk > 0 {
-            let k0 = self.k_a[0];
-            let dk = if nk > 1 { self.k_a[1] - self.k_a[0] } else { 0.0 };
-            for (n, &un) in u.iter().enumerate() {
-                let un = un as f64;
-                let step_ph = -2.0 * std::f64::consts::PI * dk * un;
-                let step = (step_ph.cos(), step_ph.sin());
-                let start_ph = -2.0 * std::f64::consts::PI * k0 * un;
-                let mut p = (start_ph.cos(), start_ph.sin());
-                let (re, im) = out[n * 2 * nk..(n + 1) * 2 * nk].split_at_mut(nk);
-                for j in 0..nk {
-                    re[j] = p.0 as f32;
-                    im[j] = p.1 as f32;
-                    p = (p.0 * step.0 - p.1 * step.1, p.0 * step.1 + p.1 * step.0);
-                }
+        let (mut c, mut s) = (vec![0f64; nk], vec![0f64; nk]);
+        for (row, &un) in out.chunks_exact_mut((2 * nk).max(1)).zip(u) {
+            phasor_row(&self.k_a, un as f64, &mut c, &mut s);
+            let (re, im) = row.split_at_mut(nk);
+            for j in 0..nk {
+                re[j] = c[j] as f32;
+                im[j] = s[j] as f32;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((u.len(), 2 * nk))))

@@ -399,14 +399,19 @@ impl Segmentation {
 
     /// Memberships [B, R, K] from segment means m, widths s (> 0) and logits π, each [B, K].
     pub fn membership(&self, m: &Tensor, s: &Tensor, pi: &Tensor) -> Result<Tensor> {
-        let m = m.unsqueeze(1)?;
-        let s = s.unsqueeze(1)?;
-        let d = self.pos.broadcast_sub(&m)?.broadcast_div(&s)?; // [B, R, K]
-        let logit =
-            ((d.sqr()? * -0.5)?.broadcast_sub(&s.log()?)?.broadcast_add(&pi.unsqueeze(1)?)? / self.tau)?;
-        let logit = logit.broadcast_add(&self.mask_add)?;
+        let logit = self.logits(&self.pos, m, s, pi)?.broadcast_add(&self.mask_add)?;
         let w = cryoforge_nn::ops::softmax(&logit)?;
         Ok(w.broadcast_mul(&self.covered)?)
+    }
+
+    /// Membership logits [B, R', K'] of residues at part positions `pos` [1, R', 1] for
+    /// segments with means m, widths s and logits π ([B, K']):
+    /// `(−½((pos − m)/s)² − log s + π)/τ`.
+    fn logits(&self, pos: &Tensor, m: &Tensor, s: &Tensor, pi: &Tensor) -> Result<Tensor> {
+        let m = m.unsqueeze(1)?;
+        let s = s.unsqueeze(1)?;
+        let d = pos.broadcast_sub(&m)?.broadcast_div(&s)?;
+        Ok(((d.sqr()? * -0.5)?.broadcast_sub(&s.log()?)?.broadcast_add(&pi.unsqueeze(1)?)? / self.tau)?)
     }
 
     /// Width s = ELU(s̃) + 1 (also the encoder's σ), evaluated as relu(s̃) + exp(min(s̃, 0)) and floored at 1e-4
@@ -421,12 +426,7 @@ impl Segmentation {
     /// Memberships of one part's residues in its own segments, [B, R_p, K_p], from that
     /// part's m, s, π ([B, K_p]): equal to the part's block of [`Segmentation::membership`].
     fn membership_block(&self, blk: &PartBlock, m: &Tensor, s: &Tensor, pi: &Tensor) -> Result<Tensor> {
-        let m = m.unsqueeze(1)?;
-        let s = s.unsqueeze(1)?;
-        let d = blk.pos.broadcast_sub(&m)?.broadcast_div(&s)?;
-        let logit =
-            ((d.sqr()? * -0.5)?.broadcast_sub(&s.log()?)?.broadcast_add(&pi.unsqueeze(1)?)? / self.tau)?;
-        Ok(cryoforge_nn::ops::softmax(&logit)?)
+        Ok(cryoforge_nn::ops::softmax(&self.logits(&blk.pos, m, s, pi)?)?)
     }
 
     fn blocks_from(&self, m: &Tensor, s: &Tensor, pi: &Tensor) -> Result<Vec<Tensor>> {
@@ -654,7 +654,10 @@ impl SphereModel {
             let ru = x0.dim(0)?;
             pieces.push(x0.unsqueeze(0)?.broadcast_as((b, ru, 3))?.contiguous()?);
         }
-        let x = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(&pieces, 1)? };
+        let x = match pieces.as_slice() {
+            [only] => only.clone(),
+            _ => Tensor::cat(&pieces, 1)?,
+        };
         Ok(match &seg.assemble {
             Some(perm) => x.index_select(perm, 1)?,
             None => x,
