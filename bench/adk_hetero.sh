@@ -5,8 +5,8 @@
 #   N=50000 BOX=128 APIX=1 SNR=1e-4 EPOCHS=5 SPHERE=0 PHASE2=0 bash bench/adk_hetero.sh   # the paper's setting
 #
 # Steps: `cryoforge morph` (50 frames, chain geometry kept), `simulate --models --density ca`
-# (uniform poses, CTF defocus 1–2.5 µm), cryoSTAR (`--lr 1e-3 --keep-ratio 0.8`, the paper's
-# synthetic keep ratio), the `--no-elastic` baseline, cryoSPHERE (6 segments, demo learning
+# (uniform poses, CTF defocus 1–2.5 µm), cryoSTAR (`--lr 1e-3 --keep-ratio 0.8 --lr-schedule cosine`, the
+# paper's synthetic keep ratio), the `--no-elastic` baseline, cryoSPHERE (6 segments, demo learning
 # rates), each analysed against the truth (analysis/truth.json: mean RMSD, per-frame RMSD,
 # |Spearman(PC1, frame)|, clash fraction, local geometry). With PHASE2=1: consensus
 # reconstruction and Phase II volumes at the mean latents of frames 0 and 49, each FSC'd
@@ -25,9 +25,9 @@ EP=(); [[ -n "$EPOCHS" ]] && EP=(--epochs "$EPOCHS")
 "$CF" -q simulate --models "$OUT/traj.pdb" --density ca --n "$N" --box "$BOX" --apix "$APIX" --snr "$SNR" \
     --seed "$SEED" --out "$OUT/sim"
 P=("$OUT/sim/particles.star" --reference "$OUT/sim/model.pdb" --seed "$SEED")
-bench_timed star "$CF" -q star train "${P[@]}" --out "$OUT/star" --lr 1e-3 --keep-ratio 0.8 "${EP[@]}"
+bench_timed star "$CF" -q star train "${P[@]}" --out "$OUT/star" --lr 1e-3 --keep-ratio 0.8 --lr-schedule cosine "${EP[@]}"
 bench_timed star_an "$CF" -q star analyze "$OUT/star" --coords-out "$OUT/star/coords.npy"
-bench_timed cont "$CF" -q star train "${P[@]}" --out "$OUT/cont" --lr 1e-3 --keep-ratio 0.8 --no-elastic "${EP[@]}"
+bench_timed cont "$CF" -q star train "${P[@]}" --out "$OUT/cont" --lr 1e-3 --keep-ratio 0.8 --lr-schedule cosine --no-elastic "${EP[@]}"
 bench_timed cont_an "$CF" -q star analyze "$OUT/cont" --coords-out "$OUT/cont/coords.npy"
 runs=(star cont)
 if [[ $SPHERE == 1 ]]; then

@@ -24,6 +24,15 @@ pub fn ifftshift_index(i: usize, n: usize) -> usize {
     (i + n / 2) % n
 }
 
+/// The re-centring factor of frequency `k` (Fourier pixels, any layout) for a particle
+/// shifted by `t_px` pixels along that axis in a box of `d`: `exp(−2πi·k·t/D)`
+/// (CONVENTIONS.md rule 5; simulation applies the conjugate). Computed in f64.
+#[inline]
+pub fn recentre_phasor(k: f64, t_px: f64, d: usize) -> C32 {
+    let (s, c) = (-std::f64::consts::TAU * k * t_px / d as f64).sin_cos();
+    C32::new(c as f32, s as f32)
+}
+
 /// `fftshift` source index: output element `i` takes input element `(i + n − n/2) mod n`
 /// (equal to [`ifftshift_index`] for even n).
 #[inline]
@@ -530,6 +539,33 @@ mod tests {
         let mut spec = vec![C32::default(); d * d];
         f.forward_real(&mut w, &x, &mut spec);
         assert!(spec.iter().all(|v| (v.re - 1.0).abs() < 1e-6 && v.im.abs() < 1e-6));
+    }
+
+    #[test]
+    fn recentring_a_shifted_delta_gives_a_flat_spectrum() {
+        // Rule 5: a particle shifted by t sits at centre − t; re-centring its spectrum by
+        // exp(−2πi k·t/D) brings it back to the centre (a flat spectrum).
+        let d = 12;
+        let t = [3.0, -2.0];
+        let mut x = vec![0f32; d * d];
+        let (cx, cy) = ((d / 2) as f64 - t[0], (d / 2) as f64 - t[1]);
+        x[cy as usize * d + cx as usize] = 1.0;
+        let f = Fft2::new(d);
+        let mut w = f.work();
+        let mut spec = vec![C32::default(); d * d];
+        f.forward_real(&mut w, &x, &mut spec);
+        let h = (d / 2) as f64;
+        for r in 0..d {
+            for c in 0..d {
+                let v = spec[r * d + c]
+                    * recentre_phasor(c as f64 - h, t[0], d)
+                    * recentre_phasor(r as f64 - h, t[1], d);
+                assert!((v.re - 1.0).abs() < 1e-5 && v.im.abs() < 1e-5, "({r}, {c}): {v}");
+            }
+        }
+        // The opposite sign does not re-centre.
+        let off = spec[d / 2 * d + d / 2 + 1] * recentre_phasor(1.0, -t[0], d);
+        assert!((off.re - 1.0).abs() > 0.1);
     }
 
     #[test]

@@ -365,6 +365,13 @@ pub enum Schedule {
         cycles: u64,
         ratio: f64,
     },
+    /// Cosine annealing from `start` to `end` over `steps` steps, then `end`:
+    /// `end + (start − end)·½(1 + cos(π·step/steps))`.
+    Cosine {
+        start: f64,
+        end: f64,
+        steps: u64,
+    },
 }
 
 impl Schedule {
@@ -385,6 +392,14 @@ impl Schedule {
                     max
                 } else {
                     max * (tau / ratio).min(1.0)
+                }
+            }
+            Schedule::Cosine { start, end, steps } => {
+                if steps == 0 || step >= steps {
+                    end
+                } else {
+                    let t = step as f64 / steps as f64;
+                    end + (start - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
                 }
             }
         }

@@ -6,9 +6,15 @@
 //! softmax(x)_i  = exp(x_i − m)/Σ_j exp(x_j − m),  m = max_j x_j (detached: the result
 //!                 does not depend on m)
 //! log_softmax(x)_i = x_i − m − log Σ_j exp(x_j − m)
+//! gelu(x)       = x·Φ(x) = ½x(1 + erf(x/√2)),  gelu'(x) = Φ(x) + x·φ(x)
 //! ```
+//!
+//! [`gelu_erf`] is one fused, rayon-parallel CPU op with a fused backward: candle's own
+//! `gelu_erf` runs single-threaded and builds its gradient from eight element-wise ops
+//! (≈ 40 % of the Phase II volume step, BENCHMARKS.md §3).
 
-use candle_core::{Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
 
 use crate::Result;
 
@@ -60,5 +66,98 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(x, Some(&self.gamma), Some(&self.beta), self.eps)
+    }
+}
+
+/// Elements per rayon task of the element-wise ops.
+const CHUNK: usize = 1 << 14;
+
+/// The f32 values of a contiguous CPU tensor (custom-op kernels), or an error naming `what`.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let v = match s {
+        CpuStorage::F32(v) => v,
+        _ => candle_core::bail!("{what}: f32 input expected"),
+    };
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: contiguous input expected")))?;
+    Ok(&v[a..b])
+}
+
+#[inline]
+fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline]
+fn gelu_grad_f32(x: f32) -> f32 {
+    // Φ(x) + x·φ(x), φ(x) = e^{−x²/2}/√(2π).
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+/// Fused GELU (erf form), forward.
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "cryoforge-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = gelu_f32(v);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfGrad)?))
+    }
+}
+
+/// Fused GELU backward: (x, g) → g·gelu′(x).
+struct GeluErfGrad;
+
+impl CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "cryoforge-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "gelu backward")?;
+        let g = f32_slice(s2, l2, "gelu backward")?;
+        if x.len() != g.len() {
+            candle_core::bail!("gelu backward: {} inputs but {} gradients", x.len(), g.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(
+            |(oc, (xc, gc))| {
+                for ((o, &v), &gv) in oc.iter_mut().zip(xc).zip(gc) {
+                    *o = gv * gelu_grad_f32(v);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// GELU with the exact (erf) form, as PyTorch's `nn.GELU()`. On the CPU in f32 a fused
+/// parallel op with a fused backward; elsewhere candle's `gelu_erf`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(GeluErf)?)
+    } else {
+        Ok(x.gelu_erf()?)
     }
 }

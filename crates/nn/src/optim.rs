@@ -33,6 +33,16 @@ pub struct ParamGroup {
     pub weight_decay: f64,
 }
 
+/// The variables of a `VarMap` with their names, sorted by name (a deterministic order for
+/// optimisers and checkpoints). A lock poisoned by a panic elsewhere still holds a valid map
+/// (it is only read here), so its contents are used rather than panicking again.
+pub fn sorted_vars(vm: &candle_nn::VarMap) -> Vec<(String, Var)> {
+    let data = vm.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 impl ParamGroup {
     pub fn new(name: impl Into<String>, params: Vec<(String, Var)>, lr: f64) -> ParamGroup {
         ParamGroup { name: name.into(), params, lr, weight_decay: 0.0 }
@@ -40,10 +50,7 @@ impl ParamGroup {
 
     /// All variables of a `VarMap`, sorted by name (a deterministic order).
     pub fn from_varmap(name: impl Into<String>, vm: &candle_nn::VarMap, lr: f64) -> ParamGroup {
-        let data = vm.data().lock().expect("VarMap lock poisoned");
-        let mut params: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        ParamGroup::new(name, params, lr)
+        ParamGroup::new(name, sorted_vars(vm), lr)
     }
 
     pub fn with_weight_decay(mut self, wd: f64) -> ParamGroup {

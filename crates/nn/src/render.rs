@@ -76,6 +76,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use cryoforge_core::CtfParams;
 use rayon::prelude::*;
 
+use crate::ops::f32_slice;
 use crate::{NnError, Result};
 
 /// Frequencies where the Gaussian envelope exp(−2π²σ²|k|²) is below this are dropped
@@ -751,17 +752,6 @@ fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<T>
         }
     }
     f(&host_f32(t)?)
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("{what}: f32 input expected"),
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: contiguous input expected")))?;
-    Ok(&v[a..b])
 }
 
 /// Custom op: u [B, R] → the right matmul operand [B, 2R, 2K] =

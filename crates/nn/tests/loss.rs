@@ -113,6 +113,12 @@ fn schedules() {
     assert_eq!(c.value(100), 1.0);
     assert_eq!(c.value(199), 1.0);
     assert_eq!(c.value(200), 0.0);
+    let k = Schedule::Cosine { start: 1e-3, end: 1e-5, steps: 100 };
+    assert_eq!(k.value(0), 1e-3);
+    assert!((k.value(50) - (1e-5 + 0.5 * (1e-3 - 1e-5))).abs() < 1e-15, "half way: the mean");
+    assert!(k.value(25) > k.value(50) && k.value(50) > k.value(75));
+    assert_eq!(k.value(100), 1e-5);
+    assert_eq!(k.value(1000), 1e-5);
 }
 
 /// Four Cα on the x axis, 3.8 Å apart; residues 0–2 chain A, residue 3 chain B.

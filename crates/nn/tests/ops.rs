@@ -1,7 +1,7 @@
 //! Differentiable LayerNorm / softmax: values and finite-difference gradients.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cryoforge_nn::ops::{layer_norm, log_softmax, softmax};
+use cryoforge_nn::ops::{gelu_erf, layer_norm, log_softmax, softmax};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -101,4 +101,30 @@ fn device_option_parses_and_explains_missing_cuda() {
         let e = parse_device("cuda:1").unwrap_err().to_string();
         assert!(e.contains("--features cuda"), "{e}");
     }
+}
+
+#[test]
+fn fused_gelu_matches_candle_gelu_in_value_and_gradient() {
+    // More elements than one parallel chunk, values from −8 to 8 (both tails of erf).
+    let n = 40_000;
+    let xs: Vec<f32> = (0..n).map(|i| -8.0 + 16.0 * i as f32 / (n - 1) as f32).collect();
+    let x = Tensor::from_vec(xs, (200, 200), &Device::Cpu).unwrap();
+    let w = rand_t(&[200, 200], 7).to_dtype(DType::F32).unwrap();
+    let run = |fused: bool| {
+        let v = Var::from_tensor(&x).unwrap();
+        let y = if fused { gelu_erf(v.as_tensor()).unwrap() } else { v.as_tensor().gelu_erf().unwrap() };
+        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        (flat(&y), flat(g.get(v.as_tensor()).unwrap()))
+    };
+    let ((y1, g1), (y0, g0)) = (run(true), run(false));
+    let max_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+    assert!(max_diff(&y1, &y0) < 1e-5, "values differ by {}", max_diff(&y1, &y0));
+    assert!(max_diff(&g1, &g0) < 1e-5, "gradients differ by {}", max_diff(&g1, &g0));
+    // gelu(−8) ≈ 0, gelu(8) ≈ 8, gelu(0) = 0; gelu′ → 0 and 1 in the tails.
+    assert!(y1[0].abs() < 1e-6 && (y1[n - 1] - 8.0).abs() < 1e-5);
+    let wv = flat(&w);
+    assert!((g1[n - 1] - wv[n - 1]).abs() < 1e-5 && g1[0].abs() < 1e-6);
+    // A non-contiguous input (a transpose) gives the transposed result.
+    let yt = flat(&gelu_erf(&x.t().unwrap()).unwrap().t().unwrap());
+    assert!(max_diff(&yt, &y1) < 1e-7);
 }

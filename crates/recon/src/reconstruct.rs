@@ -12,7 +12,7 @@
 //! (`⟨w⟩ₖ` the mean weight in shell k; the full map's SSNR is twice a half's).
 
 use crate::grid::Accumulator;
-use cryoforge_core::fft::{Rfft2, Rfft2Work, C32};
+use cryoforge_core::fft::{recentre_phasor, Rfft2, Rfft2Work, C32};
 use cryoforge_core::fsc::{fsc_volumes, FscCurve};
 use cryoforge_core::symmetry::Symmetry;
 use cryoforge_core::{ctf::CtfGrid, Rot3};
@@ -325,15 +325,11 @@ impl LaneWork {
         s.read_image(i, &mut self.img)?;
         fft.forward(&mut self.work, &self.img, &mut self.spec);
         // Re-centre: multiply by e^(−2πi k·t/D), separable in kₓ and k_y.
-        let ramp = |k: isize, t: f64| {
-            let (s, c) = (-std::f64::consts::TAU * k as f64 * t / d as f64).sin_cos();
-            C32::new(c as f32, s as f32)
-        };
         for (c, p) in self.phase_x.iter_mut().enumerate() {
-            *p = ramp(c as isize, shift[0]);
+            *p = recentre_phasor(c as f64, shift[0], d);
         }
         for (r, p) in self.phase_y.iter_mut().enumerate() {
-            *p = ramp(fft.row_freq(r), shift[1]);
+            *p = recentre_phasor(fft.row_freq(r) as f64, shift[1], d);
         }
         let sign = if cfg.invert { -1.0f32 } else { 1.0 };
         if let Some(c) = ctf {

@@ -301,8 +301,7 @@ fn check_box(n: usize) -> Result<(), SimError> {
 fn phase_ramp(t_px: f64, d: usize, ramp: &mut [C32]) {
     let h = (d / 2) as f64;
     for (j, r) in ramp.iter_mut().enumerate() {
-        let ph = 2.0 * std::f64::consts::PI * (j as f64 - h) * t_px / d as f64;
-        *r = C32::new(ph.cos() as f32, ph.sin() as f32);
+        *r = cryoforge_core::fft::recentre_phasor(j as f64 - h, t_px, d).conj();
     }
 }
 

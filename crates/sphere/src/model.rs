@@ -593,10 +593,7 @@ impl SphereModel {
 
     /// Network parameters, sorted by name.
     pub fn net_vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        cryoforge_nn::optim::sorted_vars(&self.varmap)
     }
 
     /// Every parameter (networks then segmentation), as checkpoints store them.

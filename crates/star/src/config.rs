@@ -54,6 +54,28 @@ impl LossWeights {
     }
 }
 
+/// Learning-rate schedule of the main training phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` throughout (the reference code).
+    #[default]
+    Constant,
+    /// Cosine annealing from `lr` to `lr·lr_final_ratio` over the run's total steps.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// Parses `constant` or `cosine`.
+    pub fn parse(s: &str) -> Result<LrSchedule> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "constant" => Ok(LrSchedule::Constant),
+            "cosine" => Ok(LrSchedule::Cosine),
+            o => Err(StarError::msg(format!("lr schedule {o:?}: expected constant or cosine"))),
+        }
+    }
+}
+
 /// All cryoSTAR settings (resolved values are saved in RUN/run.toml `[settings]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +91,10 @@ pub struct StarConfig {
     /// AdamW learning rate (1e-4) and weight decay (0.01).
     pub lr: f64,
     pub weight_decay: f64,
+    /// Learning-rate schedule of the main phase: `constant` (the reference's) or `cosine`
+    /// (from `lr` down to `lr·lr_final_ratio` over the run's steps).
+    pub lr_schedule: LrSchedule,
+    pub lr_final_ratio: f64,
     /// Training length: `steps` wins over `epochs`; both unset → the dataset-scaled default
     /// ([`StarConfig::default_epochs`]).
     pub epochs: Option<usize>,
@@ -120,6 +146,8 @@ impl Default for StarConfig {
             batch_size: 64,
             lr: 1e-4,
             weight_decay: 0.01,
+            lr_schedule: LrSchedule::Constant,
+            lr_final_ratio: 0.01,
             epochs: None,
             steps: None,
             lowpass_a: None,
@@ -186,6 +214,9 @@ impl StarConfig {
         if self.lr.is_nan() || self.lr <= 0.0 {
             return bad(format!("lr {} must be > 0", self.lr));
         }
+        if !(self.lr_final_ratio > 0.0 && self.lr_final_ratio <= 1.0) {
+            return bad(format!("lr_final_ratio {} must be in (0, 1]", self.lr_final_ratio));
+        }
         if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
             return bad(format!("keep_ratio {} must be in (0, 1]", self.keep_ratio));
         }
@@ -216,6 +247,12 @@ mod tests {
         assert_eq!(c.loss_weights.elastic, 0.5);
         assert_eq!(c.loss_weights.clash, 1.0);
         assert!(toml::from_str::<StarConfig>("zdimm = 4").is_err());
+        let c: StarConfig = toml::from_str("lr_schedule = \"cosine\"\n").unwrap();
+        assert_eq!(c.lr_schedule, LrSchedule::Cosine);
+        assert!(toml::from_str::<StarConfig>("lr_schedule = \"step\"").is_err());
+        assert_eq!(LrSchedule::parse("Cosine").unwrap(), LrSchedule::Cosine);
+        assert!(LrSchedule::parse("linear").unwrap_err().to_string().contains("constant or cosine"));
+        assert!(StarConfig { lr_final_ratio: 0.0, ..Default::default() }.check().is_err());
         let w = LossWeights::default().parse_over("clash=2, kl=0").unwrap();
         assert_eq!((w.clash, w.kl, w.elastic), (2.0, 0.0, 1.0));
         assert!(LossWeights::default().parse_over("foo=1").is_err());

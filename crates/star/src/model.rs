@@ -74,10 +74,7 @@ impl StarModel {
 
     /// All parameters, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.vm.data().lock().expect("VarMap lock poisoned");
-        let mut p: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        p.sort_by(|a, b| a.0.cmp(&b.0));
-        p
+        cryoforge_nn::optim::sorted_vars(&self.vm)
     }
 
     /// Decoder parameters only (for the reference-init warm-up).

@@ -30,14 +30,16 @@ use crate::{Result, StarError};
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use cryoforge_core::ctf::CtfGrid;
-use cryoforge_core::fft::{Fft2, Fft3, C32};
+use cryoforge_core::fft::{recentre_phasor, Fft2, Fft3, C32};
 use cryoforge_core::Rot3;
 use cryoforge_io::stack::ParticleStack;
 use cryoforge_nn::checkpoint::{self, TrainRng};
+use cryoforge_nn::ops::gelu_erf;
 use cryoforge_nn::optim::{Adam, AdamConfig, ParamGroup};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -135,8 +137,9 @@ impl VolumeConfig {
 /// The implicit volume H(k, z).
 pub struct VolumeModel {
     pub vm: VarMap,
-    /// Feature positions, [3, F] (fixed, drawn from the seed).
-    b: Tensor,
+    /// Feature positions, [3, F] row-major (fixed, drawn from the seed; no gradient).
+    b: Vec<f32>,
+    device: Device,
     inp: Linear,
     res: Vec<Linear>,
     out: Linear,
@@ -170,8 +173,7 @@ impl VolumeModel {
                 (g * sd) as f32
             })
             .collect();
-        let b = Tensor::from_vec(bv, (3, f), device)?;
-        let m = VolumeModel { vm, b, inp, res, out, zdim, d, scale };
+        let m = VolumeModel { vm, b: bv, device: device.clone(), inp, res, out, zdim, d, scale };
         // PyTorch Linear initialisation, uniform ±1/√fan_in, from the seed.
         for (name, v) in m.vars() {
             let dims = v.dims().to_vec();
@@ -186,24 +188,58 @@ impl VolumeModel {
 
     /// Named parameters, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.vm.data().lock().expect("VarMap lock poisoned");
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        cryoforge_nn::optim::sorted_vars(&self.vm)
     }
 
-    /// H/s at frequencies `k` [P, 3] (cycles per pixel) and latents `z` [P, zdim] → [P].
-    pub fn forward(&self, k: &Tensor, z: Option<&Tensor>) -> Result<Tensor> {
-        let p = k.matmul(&self.b)?.affine(2.0 * std::f64::consts::PI, 0.0)?;
-        let mut parts = vec![p.sin()?, p.cos()?];
-        if self.zdim > 0 {
-            let z = z.ok_or_else(|| StarError::msg("volume model: latents missing"))?;
-            parts.push(z.clone());
+    /// The MLP input of P points: rows `[sin 2π Bᵀk, cos 2π Bᵀk, z]` from frequencies `k`
+    /// ([P·3], cycles per pixel) and latents `z` ([P·zdim]). Built on the host in parallel:
+    /// neither B nor the data carry a gradient.
+    fn inputs(&self, k: &[f32], z: Option<&[f32]>) -> Result<Tensor> {
+        let f = self.b.len() / 3;
+        let p = k.len() / 3;
+        let zd = self.zdim;
+        let z = match (zd, z) {
+            (0, _) => &[][..],
+            (_, Some(z)) if z.len() == p * zd => z,
+            (_, Some(z)) => {
+                return Err(StarError::msg(format!(
+                    "volume model: {} latent values for {p} points of dimension {zd}",
+                    z.len()
+                )))
+            }
+            (_, None) => return Err(StarError::msg("volume model: latents missing")),
+        };
+        let w = 2 * f + zd;
+        let mut x = vec![0f32; p * w];
+        let b = &self.b;
+        let two_pi = 2.0 * std::f32::consts::PI;
+        x.par_chunks_mut(w.max(1)).enumerate().for_each(|(i, row)| {
+            let kk = &k[3 * i..3 * i + 3];
+            let (sc, zr) = row.split_at_mut(2 * f);
+            let (sn, cs) = sc.split_at_mut(f);
+            for j in 0..f {
+                let ph = two_pi * (kk[0] * b[j] + kk[1] * b[f + j] + kk[2] * b[2 * f + j]);
+                let (a, c) = ph.sin_cos();
+                sn[j] = a;
+                cs[j] = c;
+            }
+            if zd > 0 {
+                zr.copy_from_slice(&z[i * zd..(i + 1) * zd]);
+            }
+        });
+        Ok(Tensor::from_vec(x, (p, w), &self.device)?)
+    }
+
+    /// H/s at frequencies `k` ([P·3], cycles per pixel) and latents `z` ([P·zdim], one row
+    /// per point; `None` when zdim = 0) → [P].
+    pub fn forward(&self, k: &[f32], z: Option<&[f32]>) -> Result<Tensor> {
+        if !k.len().is_multiple_of(3) {
+            return Err(StarError::msg(format!("volume model: {} frequency values, not [P, 3]", k.len())));
         }
-        let x = Tensor::cat(&parts, 1)?;
-        let mut h = self.inp.forward(&x)?.gelu_erf()?;
+        let x = self.inputs(k, z)?;
+        let mut h = gelu_erf(&self.inp.forward(&x)?)?;
         for l in &self.res {
-            h = (&h + l.forward(&h)?.gelu_erf()?)?;
+            h = (&h + gelu_erf(&l.forward(&h)?)?)?;
         }
         Ok(self.out.forward(&h)?.squeeze(1)?)
     }
@@ -238,9 +274,7 @@ pub fn particle_hartley(
     let d = fft.size();
     fft.forward_real(work, img, spec);
     for (o, &(i, kx, ky)) in out.iter_mut().zip(disk) {
-        let ph = -2.0 * std::f64::consts::PI * (kx * shift_px[0] + ky * shift_px[1]) / d as f64;
-        let r = C32::new(ph.cos() as f32, ph.sin() as f32);
-        let v = spec[i] * r;
+        let v = spec[i] * recentre_phasor(kx * shift_px[0] + ky * shift_px[1], 1.0, d);
         *o = v.re - v.im;
     }
 }
@@ -329,10 +363,8 @@ fn metrics_write(path: &Path, rows: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn latents_rows(z: &[f32], zdim: usize, idx: &[usize], dev: &Device, m: usize) -> Result<Option<Tensor>> {
-    if zdim == 0 {
-        return Ok(None);
-    }
+/// The latents of particles `idx`, each repeated for its `m` disk points ([|idx|·m·zdim]).
+fn latents_rows(z: &[f32], zdim: usize, idx: &[usize], m: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(idx.len() * m * zdim);
     for &i in idx {
         let zi = &z[i * zdim..(i + 1) * zdim];
@@ -340,7 +372,7 @@ fn latents_rows(z: &[f32], zdim: usize, idx: &[usize], dev: &Device, m: usize) -
             v.extend_from_slice(zi);
         }
     }
-    Ok(Some(Tensor::from_vec(v, (idx.len() * m, zdim), dev)?))
+    v
 }
 
 /// Trains the Phase II volume on `stack` (poses and CTF required) with frozen latents `z`
@@ -434,16 +466,25 @@ pub fn train_volume(
         order.shuffle(&mut TrainRng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9)));
         let (mut sum, mut cnt) = (0.0, 0usize);
         for idx in order.chunks(cfg.batch_size) {
+            // Particles of the batch prepared in parallel, concatenated in batch order.
+            let parts = idx
+                .par_iter()
+                .map(|&i| {
+                    let (mut c, mut nc, mut h) = (Vec::new(), Vec::new(), Vec::new());
+                    prep.particle(stack, i, &mut c, &mut nc, &mut h).map(|()| (c, nc, h))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let (mut c, mut nc, mut h) = (Vec::new(), Vec::new(), Vec::new());
-            for &i in idx {
-                prep.particle(stack, i, &mut c, &mut nc, &mut h)?;
+            for (pc, pn, ph) in parts {
+                c.extend(pc);
+                nc.extend(pn);
+                h.extend(ph);
             }
             let p = idx.len() * m;
             let inv = 1.0 / scale;
             h.iter_mut().for_each(|v| *v *= inv);
-            let kt = Tensor::from_vec(c, (p, 3), &dev)?;
-            let zt = latents_rows(z, zdim, idx, &dev, m)?;
-            let pred = model.forward(&kt, zt.as_ref())?;
+            let zt = (zdim > 0).then(|| latents_rows(z, zdim, idx, m));
+            let pred = model.forward(&c, zt.as_deref())?;
             let nct = Tensor::from_vec(nc, p, &dev)?;
             let ht = Tensor::from_vec(h, p, &dev)?;
             let loss = (pred * nct)?.sub(&ht)?.sqr()?.mean_all()?;
@@ -575,16 +616,11 @@ pub fn eval_volume(model: &VolumeModel, z: &[f32], band_px: f64) -> Result<Vec<f
     }
     let mut hv = vec![0f32; d * d * d];
     let chunk = 16384;
-    let dev = Device::Cpu;
     for (ci, part) in idx.chunks(chunk).enumerate() {
         let p = part.len();
-        let kt = Tensor::from_slice(&coords[ci * chunk * 3..ci * chunk * 3 + 3 * p], (p, 3), &dev)?;
-        let zt = if model.zdim > 0 {
-            Some(Tensor::from_slice(z, (1, model.zdim), &dev)?.broadcast_as((p, model.zdim))?.contiguous()?)
-        } else {
-            None
-        };
-        let v = model.forward(&kt, zt.as_ref())?.to_vec1::<f32>()?;
+        let k = &coords[ci * chunk * 3..ci * chunk * 3 + 3 * p];
+        let zt: Option<Vec<f32>> = (model.zdim > 0).then(|| z.repeat(p));
+        let v = model.forward(k, zt.as_deref())?.to_vec1::<f32>()?;
         for (&i, v) in part.iter().zip(v) {
             hv[i] = v * model.scale;
         }

@@ -66,6 +66,13 @@ pub struct TrainArgs {
     /// Learning rate (1e-4).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Learning-rate schedule: constant (the reference's) or cosine (anneals from --lr to
+    /// --lr × --lr-final-ratio over the run).
+    #[arg(long, value_name = "constant|cosine")]
+    pub lr_schedule: Option<String>,
+    /// Final learning rate of the cosine schedule as a fraction of --lr (0.01).
+    #[arg(long)]
+    pub lr_final_ratio: Option<f64>,
     /// Latent dimension (8).
     #[arg(long)]
     pub zdim: Option<usize>,
@@ -249,6 +256,11 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         }
         set!(batch_size, a.batch_size);
         set!(lr, a.lr);
+        if let Some(v) = &a.lr_schedule {
+            cfg.lr_schedule =
+                cryoforge_star::LrSchedule::parse(v).map_err(|e| anyhow::anyhow!("--lr-schedule: {e}"))?;
+        }
+        set!(lr_final_ratio, a.lr_final_ratio);
         set!(zdim, a.zdim);
         set!(keep_ratio, a.keep_ratio);
         set!(elastic_cutoff_a, a.elastic_cutoff);
