@@ -1,7 +1,7 @@
 //! Scatter plots, 2-D density maps, histograms and image tiles, rendered to PNG with
 //! plotters and the embedded font (see [`crate::plot`]).
 
-use crate::plot::{encode_png, ensure_font, PlotError, COLOURS};
+use crate::plot::{encode_png, ensure_font, png_canvas, PlotError, COLOURS};
 use plotters::prelude::*;
 
 /// How the points of a scatter plot are coloured.
@@ -109,10 +109,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
     };
     let alpha = if n > 5_000 { 0.5 } else { 0.8 };
     let (w, h) = (p.width, p.height);
-    let mut buf = vec![0u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    png_canvas(w, h, |root| {
         let colour_bar = matches!(p.colouring, Colouring::Continuous { .. });
         let (plot_area, bar_area) =
             if colour_bar { root.split_horizontally(w - 90) } else { (root.clone(), root.clone()) };
@@ -122,7 +119,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc(p.x_label.as_str())
@@ -130,7 +127,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
             .label_style(("sans-serif", 13))
             .light_line_style(WHITE)
             .draw()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let finite = |q: &(f64, f64)| q.0.is_finite() && q.1.is_finite();
         match &p.colouring {
             Colouring::Single => {
@@ -141,7 +138,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
                             .filter(|q| finite(q))
                             .map(|&q| Circle::new(q, radius, COLOURS[0].mix(alpha).filled())),
                     )
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
             }
             Colouring::Categorical { labels, names } => {
                 let k = labels.iter().copied().max().map_or(0, |m| m + 1);
@@ -156,7 +153,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
                                 .filter(|(q, &l)| l == c && finite(q))
                                 .map(|(&q, _)| Circle::new(q, radius, col.mix(alpha).filled())),
                         )
-                        .map_err(|e| err(e.to_string()))?
+                        .map_err(|e| e.to_string())?
                         .label(name)
                         .legend(move |(x, y)| Circle::new((x + 6, y), 4, col.filled()));
                 }
@@ -168,7 +165,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
                         .border_style(BLACK)
                         .label_font(("sans-serif", 12))
                         .draw()
-                        .map_err(|e| err(e.to_string()))?;
+                        .map_err(|e| e.to_string())?;
                 }
             }
             Colouring::Continuous { values, label } => {
@@ -182,7 +179,7 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
                             .filter(|(q, _)| finite(q))
                             .map(|(&q, &v)| Circle::new(q, radius, viridis(t(v)).mix(alpha).filled())),
                     )
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
                 // Colour bar.
                 let mut bar = ChartBuilder::on(&bar_area)
                     .margin_top(40)
@@ -191,26 +188,26 @@ pub fn scatter_png(p: &ScatterPlot) -> Result<Vec<u8>, PlotError> {
                     .y_label_area_size(45)
                     .caption(label.as_str(), ("sans-serif", 12))
                     .build_cartesian_2d(0.0..1.0, v0..v1)
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
                 bar.configure_mesh()
                     .disable_x_mesh()
                     .disable_x_axis()
                     .disable_y_mesh()
                     .label_style(("sans-serif", 11))
                     .draw()
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
                 let steps = 64;
                 bar.draw_series((0..steps).map(|i| {
                     let a = v0 + (v1 - v0) * i as f64 / steps as f64;
                     let b = v0 + (v1 - v0) * (i + 1) as f64 / steps as f64;
                     Rectangle::new([(0.0, a), (1.0, b)], viridis((i as f64 + 0.5) / steps as f64).filled())
                 }))
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             }
         }
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    encode_png(&buf, w, h).map_err(err)
+        Ok(())
+    })
+    .map_err(err)
 }
 
 /// A 2-D histogram (density map) of points on a `bins`×`bins` grid, log-scaled counts
@@ -235,17 +232,14 @@ pub fn density_png(
     }
     let cmax = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
     let (w, h) = (640u32, 520u32);
-    let mut buf = vec![0u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
+    png_canvas(w, h, |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc(x_label)
@@ -253,7 +247,7 @@ pub fn density_png(
             .label_style(("sans-serif", 13))
             .disable_mesh()
             .draw()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let dx = (x1 - x0) / bins as f64;
         let dy = (y1 - y0) / bins as f64;
         chart
@@ -263,10 +257,10 @@ pub fn density_png(
                 let (a, b) = (x0 + i as f64 * dx, y0 + j as f64 * dy);
                 Rectangle::new([(a, b), (a + dx, b + dy)], viridis(t).filled())
             }))
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    encode_png(&buf, w, h).map_err(err)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(err)
 }
 
 /// Bin edges and counts of a histogram of the finite values (`bins` equal bins).
@@ -300,17 +294,14 @@ pub fn histogram_png(title: &str, x_label: &str, values: &[f64], bins: usize) ->
     let (edges, counts) = histogram_counts(values, bins).ok_or_else(|| err("no finite values".into()))?;
     let cmax = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
     let (w, h) = (520u32, 360u32);
-    let mut buf = vec![0u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
+    png_canvas(w, h, |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d(edges[0]..edges[edges.len() - 1], 0.0..cmax * 1.05)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc(x_label)
@@ -318,15 +309,15 @@ pub fn histogram_png(title: &str, x_label: &str, values: &[f64], bins: usize) ->
             .label_style(("sans-serif", 12))
             .light_line_style(WHITE)
             .draw()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(counts.iter().enumerate().map(|(i, &c)| {
                 Rectangle::new([(edges[i], 0.0), (edges[i + 1], c as f64)], COLOURS[0].mix(0.85).filled())
             }))
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    encode_png(&buf, w, h).map_err(err)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(err)
 }
 
 /// One grey-scale image for [`image_tiles_png`]: `nx`×`ny` values, row-major.
@@ -422,17 +413,14 @@ pub fn sequence_strip_png(
         return Err(err(format!("{n} residues, {} segment labels; weights must match", segment.len())));
     }
     let (w, h) = (900u32, if weights.is_empty() { 200 } else { 420 });
-    let mut buf = vec![0u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
+    png_canvas(w, h, |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d(0.0..n as f64, -0.25..if weights.is_empty() { 0.0 } else { 1.05 })
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("residue (index along the chain)")
@@ -440,7 +428,7 @@ pub fn sequence_strip_png(
             .label_style(("sans-serif", 12))
             .light_line_style(WHITE)
             .draw()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(segment.iter().enumerate().map(|(i, &s)| {
                 Rectangle::new(
@@ -448,7 +436,7 @@ pub fn sequence_strip_png(
                     COLOURS[s % COLOURS.len()].filled(),
                 )
             }))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         for (k, wk) in weights.iter().enumerate() {
             let c = COLOURS[k % COLOURS.len()];
             chart
@@ -456,7 +444,7 @@ pub fn sequence_strip_png(
                     wk.iter().enumerate().map(|(i, &v)| (i as f64 + 0.5, v)),
                     c.stroke_width(2),
                 ))
-                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| e.to_string())?
                 .label(format!("w{} (segment {k})", k + 1))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         }
@@ -467,11 +455,11 @@ pub fn sequence_strip_png(
                 .border_style(BLACK)
                 .label_font(("sans-serif", 12))
                 .draw()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
         }
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    encode_png(&buf, w, h).map_err(err)
+        Ok(())
+    })
+    .map_err(err)
 }
 
 #[cfg(test)]

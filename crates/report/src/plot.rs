@@ -95,17 +95,14 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
         let pad = ((y1 - y0) * 0.05).max(1e-9);
         (y0 - pad, y1 + pad)
     });
-    let mut buf = vec![0u8; (p.width * p.height * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (p.width, p.height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
+    png_canvas(p.width, p.height, |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(&p.title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(60)
             .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc(p.x_label.as_str())
@@ -113,12 +110,12 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
             .x_labels(if p.width < 600 { 5 } else { 10 })
             .label_style(("sans-serif", 14))
             .draw()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         for (i, s) in p.series.iter().enumerate() {
             let c = COLOURS[i % COLOURS.len()];
             chart
                 .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| e.to_string())?
                 .label(s.name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         }
@@ -126,7 +123,7 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
             let grey = RGBColor(120, 120, 120);
             chart
                 .draw_series(LineSeries::new(vec![(x0, *v), (x1, *v)], grey.stroke_width(1)))
-                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| e.to_string())?
                 .label(label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
         }
@@ -136,10 +133,27 @@ pub fn line_plot_png(p: &LinePlot) -> Result<Vec<u8>, PlotError> {
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
             .draw()
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(err)
+}
+
+/// A `w`×`h` white canvas handed to `draw`, presented and encoded as PNG.
+pub(crate) fn png_canvas(
+    w: u32,
+    h: u32,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
+    ensure_font();
+    let mut buf = vec![0u8; (w as usize) * (h as usize) * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(&root)?;
+        root.present().map_err(|e| e.to_string())?;
     }
-    encode_png(&buf, p.width, p.height).map_err(err)
+    encode_png(&buf, w, h)
 }
 
 /// Encode an RGB buffer as PNG in memory.
