@@ -302,13 +302,12 @@ mod tests {
     /// Golden values: cryoDRGN 4.3.1 `cryodrgn.ctf.compute_ctf` on a 64×64 grid at 1.5 Å/px.
     #[test]
     fn ctf_matches_cryodrgn_golden() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-        let dir = std::env::var("CRYOFORGE_TEST_DATA").map(std::path::PathBuf::from).unwrap_or(root);
-        let path = dir.join("reference/cryodrgn_golden.json");
-        let Ok(s) = std::fs::read_to_string(&path) else {
-            eprintln!("SKIP ctf_matches_cryodrgn_golden: {} not found", path.display());
+        let Some(path) =
+            crate::testdata::test_data_file("ctf_matches_cryodrgn_golden", "reference/cryodrgn_golden.json")
+        else {
             return;
         };
+        let s = std::fs::read_to_string(&path).unwrap();
         let g: serde_json::Value = serde_json::from_str(&s).unwrap();
         let c = &g["ctf"];
         let d = c["box"].as_u64().unwrap() as usize;

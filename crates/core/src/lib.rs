@@ -8,6 +8,7 @@ pub mod filter;
 pub mod fsc;
 pub mod rotation;
 pub mod symmetry;
+pub mod testdata;
 
 pub use ctf::CtfParams;
 pub use rotation::{CsRotVec, EulerRelion, Quat, Rot3};

@@ -270,16 +270,8 @@ mod tests {
     use super::*;
 
     fn golden() -> Option<serde_json::Value> {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-        let dir = std::env::var("CRYOFORGE_TEST_DATA").map(std::path::PathBuf::from).unwrap_or(root);
-        let p = dir.join("reference/cryodrgn_golden.json");
-        match std::fs::read_to_string(&p) {
-            Ok(s) => serde_json::from_str(&s).ok(),
-            Err(_) => {
-                eprintln!("SKIP: {} not found (set CRYOFORGE_TEST_DATA)", p.display());
-                None
-            }
-        }
+        let p = crate::testdata::test_data_file("rotation golden tests", "reference/cryodrgn_golden.json")?;
+        Some(serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
     }
 
     /// Golden values: cryoDRGN 4.3.1 `cryodrgn.utils.R_from_relion` (= RELION Euler_angles2matrix).

@@ -188,12 +188,12 @@ fn bench_atomic_density_adk() {
         eprintln!("SKIP bench_atomic_density_adk: set CRYOFORGE_SCALE_BENCH=1 to run this timing");
         return;
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    let dir = std::env::var("CRYOFORGE_TEST_DATA").map(std::path::PathBuf::from).unwrap_or(root);
-    let Ok(text) = std::fs::read_to_string(dir.join("structures/adk_closed.pdb")) else {
-        eprintln!("SKIP bench_atomic_density_adk: test data not found");
+    let Some(path) =
+        cryoforge_core::testdata::test_data_file("bench_atomic_density_adk", "structures/adk_closed.pdb")
+    else {
         return;
     };
+    let text = std::fs::read_to_string(path).unwrap();
     // Minimal fixed-column ATOM parser, enough for a timing run. This CHARMM-style file
     // has no element column: the element is the first letter of the atom name.
     let mut atoms: Vec<AtomSpec> = text
