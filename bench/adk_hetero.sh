@@ -10,7 +10,9 @@
 # rates), each analysed against the truth (analysis/truth.json: mean RMSD, per-frame RMSD,
 # |Spearman(PC1, frame)|, clash fraction, local geometry). With PHASE2=1: consensus
 # reconstruction and Phase II volumes at the mean latents of frames 0 and 49, each FSC'd
-# against the ground-truth maps of those frames. Needs python3 with numpy (zframes.py).
+# against the ground-truth maps of those frames (Phase II: width 256, all particles, 6 epochs,
+# 6 Å band: ≈ 1 h on 2 cores; P2_WIDTH, P2_EPOCHS, P2_N, P2_BAND change them). Needs python3
+# with numpy (zframes.py).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N=${N:-20000}; BOX=${BOX:-64}; APIX=${APIX:-1.5}; SNR=${SNR:-0.01}; SEED=${SEED:-1}
 EPOCHS=${EPOCHS:-}            # empty: each method's dataset-scaled default
@@ -66,8 +68,8 @@ if [[ $PHASE2 == 1 ]]; then
     done
     bench_timed consensus "$CF" -q reconstruct "$OUT/sim/particles.star" --out "$OUT/consensus"
     python3 bench/zframes.py "$OUT/star/analysis/latents.npy" "$OUT/sim/truth.csv" 0 49 >"$OUT/z_f0_f49.txt"
-    bench_timed phase2 "$CF" -q star volume "$OUT/star" --width "${P2_WIDTH:-256}" --epochs "${P2_EPOCHS:-3}" \
-        --max-particles "${P2_N:-4000}" --band-a "${P2_BAND:-6}" --z "$OUT/z_f0_f49.txt" --seed "$SEED"
+    bench_timed phase2 "$CF" -q star volume "$OUT/star" --width "${P2_WIDTH:-256}" --epochs "${P2_EPOCHS:-6}" \
+        --max-particles "${P2_N:-$N}" --band-a "${P2_BAND:-6}" --z "$OUT/z_f0_f49.txt" --seed "$SEED"
     echo "| frame | consensus FSC 0.5 vs truth (Å) | Phase II FSC 0.5 vs truth (Å) |"
     echo "|---|---:|---:|"
     for f in 0 49; do
