@@ -550,9 +550,11 @@ pub fn analyze_run(
         } else {
             (None, None)
         };
+        let rho_median = frame_median_spearman(&pc1, &frame)?;
         let mut tj = serde_json::json!({
             "truth_csv": tp,
             "pc1_frame_spearman": rho,
+            "pc1_frame_median_spearman": rho_median,
             "pc1_frame_pearson": r_lin,
             "clash_fraction": clash_fraction,
         });
@@ -645,9 +647,47 @@ pub fn analyze_run(
     Ok(Summary { json: sj, truth, clash_fraction })
 }
 
+/// Spearman correlation between each frame's median PC1 and the frame index, over the
+/// frames that have particles: does PC1 order the states, whatever the per-particle spread?
+/// `None` with fewer than two frames or constant medians.
+pub fn frame_median_spearman(pc1: &[f64], frame: &[usize]) -> Result<Option<f64>> {
+    let mut by: std::collections::BTreeMap<usize, Vec<f64>> = std::collections::BTreeMap::new();
+    for (&v, &f) in pc1.iter().zip(frame) {
+        if v.is_finite() {
+            by.entry(f).or_default().push(v);
+        }
+    }
+    let (mut fs, mut med) = (Vec::new(), Vec::new());
+    for (f, mut v) in by {
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        med.push(if v.len() % 2 == 1 { v[m] } else { 0.5 * (v[m - 1] + v[m]) });
+        fs.push(f as f64);
+    }
+    if fs.len() < 2 || med.iter().all(|x| *x == med[0]) {
+        return Ok(None);
+    }
+    Ok(Some(spearman(&med, &fs)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_median_spearman_ranks_the_frames_medians() {
+        // Medians 5, 1.5, 3.5 for frames 0, 1, 2: ranks (2, 0, 1) against (0, 1, 2) → −0.5.
+        let pc1 = [0.0, 10.0, 1.0, 2.0, 3.0, 4.0];
+        let frame = [0, 0, 1, 1, 2, 2];
+        let r = frame_median_spearman(&pc1, &frame).unwrap().unwrap();
+        assert!((r + 0.5).abs() < 1e-12, "{r}");
+        // Noisy particles whose medians still climb with the frame: per-frame ρ = 1.
+        let pc1 = [0.0, 9.0, -5.0, 1.0, 12.0, -3.0, 2.0, 15.0, -1.0];
+        let frame = [0, 0, 0, 1, 1, 1, 2, 2, 2];
+        let r = frame_median_spearman(&pc1, &frame).unwrap().unwrap();
+        assert!((r - 1.0).abs() < 1e-12, "{r}");
+        assert_eq!(frame_median_spearman(&[1.0, 2.0], &[3, 3]).unwrap(), None);
+    }
     use cryoforge_io::pdb::AnchorKind;
 
     #[test]
@@ -768,6 +808,7 @@ mod tests {
         assert_eq!(c.len(), n * r * 3);
         let t = s.truth.unwrap();
         assert!(t["pc1_frame_spearman"].as_f64().unwrap().abs() > 0.99, "{t}");
+        assert!(t["pc1_frame_median_spearman"].as_f64().unwrap().abs() > 0.99, "{t}");
         assert!(t["rmsd_mean_A"].as_f64().unwrap() < 0.05, "{t}");
         assert!(t["rmsd_ref_mean_A"].as_f64().unwrap() > 0.5, "{t}");
         assert_eq!(t["per_frame_rmsd"].as_array().unwrap().len(), 10);
