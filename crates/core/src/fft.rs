@@ -33,6 +33,13 @@ pub fn recentre_phasor(k: f64, t_px: f64, d: usize) -> C32 {
     C32::new(c as f32, s as f32)
 }
 
+/// [`recentre_phasor`] of a 2D frequency `k` = (kₓ, k_y) and shift `t_px` = (tₓ, t_y):
+/// `exp(−2πi·k·t/D)`.
+#[inline]
+pub fn recentre_phasor_2d(k: [f64; 2], t_px: [f64; 2], d: usize) -> C32 {
+    recentre_phasor(k[0] * t_px[0] + k[1] * t_px[1], 1.0, d)
+}
+
 /// `fftshift` source index: output element `i` takes input element `(i + n − n/2) mod n`
 /// (equal to [`ifftshift_index`] for even n).
 #[inline]
@@ -561,6 +568,8 @@ mod tests {
                     * recentre_phasor(c as f64 - h, t[0], d)
                     * recentre_phasor(r as f64 - h, t[1], d);
                 assert!((v.re - 1.0).abs() < 1e-5 && v.im.abs() < 1e-5, "({r}, {c}): {v}");
+                let w = spec[r * d + c] * recentre_phasor_2d([c as f64 - h, r as f64 - h], t, d);
+                assert!((w.re - 1.0).abs() < 1e-5 && w.im.abs() < 1e-5, "2D form at ({r}, {c}): {w}");
             }
         }
         // The opposite sign does not re-centre.

@@ -84,6 +84,45 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle
     Ok(&v[a..b])
 }
 
+/// A buffer of `n` f32 for `fill`, which must write every element (each chunk of
+/// `chunk` values is handed to it with its index, in parallel). Avoids zero-filling
+/// buffers of tens of MB that are overwritten at once (the phasor operands).
+pub(crate) fn filled_f32(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit<f32> needs no initialisation; the capacity is n.
+    unsafe { v.set_len(n) };
+    v.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `fill` initialised every element (callers' contract, checked by the tests
+    // that compare these operands with direct evaluation); MaybeUninit<f32> and f32 have
+    // the same layout, so the allocation is reused as Vec<f32> with the same length and
+    // capacity.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
+}
+
+/// `f(x)` of every element, in parallel chunks, into a fresh buffer.
+fn par_map_f32(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    filled_f32(x.len(), CHUNK, |i, o| {
+        for (o, &v) in o.iter_mut().zip(&x[i * CHUNK..]) {
+            o.write(f(v));
+        }
+    })
+}
+
+/// `f(x, y)` of every pair of elements (equal lengths), in parallel chunks.
+fn par_zip_map_f32(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    debug_assert_eq!(x.len(), y.len());
+    filled_f32(x.len(), CHUNK, |i, o| {
+        for ((o, &a), &b) in o.iter_mut().zip(&x[i * CHUNK..]).zip(&y[i * CHUNK..]) {
+            o.write(f(a, b));
+        }
+    })
+}
+
 #[inline]
 fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -106,13 +145,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = gelu_f32(v);
-            }
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(par_map_f32(x, gelu_f32)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -140,15 +173,7 @@ impl CustomOp2 for GeluErfGrad {
         if x.len() != g.len() {
             candle_core::bail!("gelu backward: {} inputs but {} gradients", x.len(), g.len());
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(
-            |(oc, (xc, gc))| {
-                for ((o, &v), &gv) in oc.iter_mut().zip(xc).zip(gc) {
-                    *o = gv * gelu_grad_f32(v);
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(par_zip_map_f32(x, g, |v, gv| gv * gelu_grad_f32(v))), l1.shape().clone()))
     }
 }
 

@@ -76,7 +76,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use cryoforge_core::CtfParams;
 use rayon::prelude::*;
 
-use crate::ops::f32_slice;
+use crate::ops::{f32_slice, filled_f32};
 use crate::{NnError, Result};
 
 /// Frequencies where the Gaussian envelope exp(−2π²σ²|k|²) is below this are dropped
@@ -719,26 +719,6 @@ fn phasor_row(k_a: &[f64], u: f64, c: &mut [f64], s: &mut [f64]) {
 
 fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
-}
-
-/// A buffer of `n` f32 for `fill`, which must write every element (each chunk of
-/// `chunk` values is handed to it with its index, in parallel). Avoids zero-filling
-/// buffers of tens of MB that are overwritten at once (the phasor operands).
-fn filled_f32(
-    n: usize,
-    chunk: usize,
-    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
-    // SAFETY: MaybeUninit<f32> needs no initialisation; the capacity is n.
-    unsafe { v.set_len(n) };
-    v.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: `fill` initialised every element (callers' contract, checked by the tests
-    // that compare these operands with direct evaluation); MaybeUninit<f32> and f32 have
-    // the same layout, so the allocation is reused as Vec<f32> with the same length and
-    // capacity.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
 }
 
 /// Runs `f` on the f32 values of `t` in row-major order: borrowed in place for a

@@ -189,6 +189,17 @@ impl StarConfig {
         (400_000usize.div_ceil(n.max(1))).clamp(5, 200)
     }
 
+    /// The learning rate of the main phase at each step of a run of `total` steps.
+    pub fn lr_at(&self, total: u64) -> cryoforge_nn::loss::Schedule {
+        use cryoforge_nn::loss::Schedule;
+        match self.lr_schedule {
+            LrSchedule::Constant => Schedule::Constant(self.lr),
+            LrSchedule::Cosine => {
+                Schedule::Cosine { start: self.lr, end: self.lr * self.lr_final_ratio, steps: total }
+            }
+        }
+    }
+
     /// Total optimisation steps for `n` particles.
     pub fn total_steps(&self, n: usize) -> u64 {
         if let Some(s) = self.steps {
@@ -253,6 +264,9 @@ mod tests {
         assert_eq!(LrSchedule::parse("Cosine").unwrap(), LrSchedule::Cosine);
         assert!(LrSchedule::parse("linear").unwrap_err().to_string().contains("constant or cosine"));
         assert!(StarConfig { lr_final_ratio: 0.0, ..Default::default() }.check().is_err());
+        let c = StarConfig { lr: 1e-3, lr_schedule: LrSchedule::Cosine, ..Default::default() };
+        assert_eq!((c.lr_at(100).value(0), c.lr_at(100).value(100)), (1e-3, 1e-5));
+        assert_eq!(StarConfig::default().lr_at(100).value(50), 1e-4);
         let w = LossWeights::default().parse_over("clash=2, kl=0").unwrap();
         assert_eq!((w.clash, w.kl, w.elastic), (2.0, 0.0, 1.0));
         assert!(LossWeights::default().parse_over("foo=1").is_err());

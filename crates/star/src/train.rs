@@ -6,7 +6,7 @@
 //! beta,edges_kept`), checkpoints/step_XXXXXXXX (nn::checkpoint; the newest two kept),
 //! weights.safetensors (final), reference.pdb.
 
-use crate::config::{LrSchedule, StarConfig};
+use crate::config::StarConfig;
 use crate::model::StarModel;
 use crate::reference::Reference;
 use crate::{Result, StarError};
@@ -374,7 +374,7 @@ pub fn train(
     )?;
     let nb = loader.n_batches().max(1) as u64;
     let total = cfg.total_steps(n);
-    let lr_sched = Schedule::Cosine { start: cfg.lr, end: cfg.lr * cfg.lr_final_ratio, steps: total };
+    let lr = cfg.lr_at(total);
     let mut step = 0u64;
     let (mut ref_steps, mut ref_loss) = (0, 0.0);
     let ck = if resume { newest_checkpoint(run) } else { None };
@@ -455,9 +455,7 @@ pub fn train(
                 l.elastic = e.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 total_loss = (total_loss + e.affine(w_en, 0.0)?)?;
             }
-            if cfg.lr_schedule == LrSchedule::Cosine {
-                opt.set_lr(0, lr_sched.value(step));
-            }
+            opt.set_lr(0, lr.value(step));
             opt.backward_step(&total_loss)?;
             l.loss = total_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             l.recon = recon.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -30,7 +30,7 @@ use crate::{Result, StarError};
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use cryoforge_core::ctf::CtfGrid;
-use cryoforge_core::fft::{recentre_phasor, Fft2, Fft3, C32};
+use cryoforge_core::fft::{recentre_phasor_2d, Fft2, Fft3, C32};
 use cryoforge_core::Rot3;
 use cryoforge_io::stack::ParticleStack;
 use cryoforge_nn::checkpoint::{self, TrainRng};
@@ -192,21 +192,20 @@ impl VolumeModel {
     }
 
     /// The MLP input of P points: rows `[sin 2π Bᵀk, cos 2π Bᵀk, z]` from frequencies `k`
-    /// ([P·3], cycles per pixel) and latents `z` ([P·zdim]). Built on the host in parallel:
-    /// neither B nor the data carry a gradient.
-    fn inputs(&self, k: &[f32], z: Option<&[f32]>) -> Result<Tensor> {
+    /// ([P·3], cycles per pixel) and latents `z` ([L·zdim], one per `per_latent` consecutive
+    /// points, P = L·per_latent). Built on the host in parallel: neither B nor the data
+    /// carry a gradient.
+    fn inputs(&self, k: &[f32], z: Option<&[f32]>, per_latent: usize) -> Result<Tensor> {
         let f = self.b.len() / 3;
         let p = k.len() / 3;
         let zd = self.zdim;
         let z = match (zd, z) {
             (0, _) => &[][..],
-            (_, Some(z)) if z.len() == p * zd => z,
-            (_, Some(z)) => {
-                return Err(StarError::msg(format!(
-                    "volume model: {} latent values for {p} points of dimension {zd}",
-                    z.len()
-                )))
-            }
+            (_, Some(z)) if per_latent > 0 && z.len() * per_latent == p * zd => z,
+            (_, Some(z)) => return Err(StarError::msg(format!(
+                "volume model: {} latent values of dimension {zd} for {p} points, {per_latent} per latent",
+                z.len()
+            ))),
             (_, None) => return Err(StarError::msg("volume model: latents missing")),
         };
         let w = 2 * f + zd;
@@ -224,19 +223,20 @@ impl VolumeModel {
                 cs[j] = c;
             }
             if zd > 0 {
-                zr.copy_from_slice(&z[i * zd..(i + 1) * zd]);
+                let l = i / per_latent;
+                zr.copy_from_slice(&z[l * zd..(l + 1) * zd]);
             }
         });
         Ok(Tensor::from_vec(x, (p, w), &self.device)?)
     }
 
-    /// H/s at frequencies `k` ([P·3], cycles per pixel) and latents `z` ([P·zdim], one row
-    /// per point; `None` when zdim = 0) → [P].
-    pub fn forward(&self, k: &[f32], z: Option<&[f32]>) -> Result<Tensor> {
+    /// H/s at frequencies `k` ([P·3], cycles per pixel) → [P]. `z` holds one latent
+    /// ([zdim] values) per `per_latent` consecutive points (`None` when zdim = 0).
+    pub fn forward(&self, k: &[f32], z: Option<&[f32]>, per_latent: usize) -> Result<Tensor> {
         if !k.len().is_multiple_of(3) {
             return Err(StarError::msg(format!("volume model: {} frequency values, not [P, 3]", k.len())));
         }
-        let x = self.inputs(k, z)?;
+        let x = self.inputs(k, z, per_latent)?;
         let mut h = gelu_erf(&self.inp.forward(&x)?)?;
         for l in &self.res {
             h = (&h + gelu_erf(&l.forward(&h)?)?)?;
@@ -274,7 +274,7 @@ pub fn particle_hartley(
     let d = fft.size();
     fft.forward_real(work, img, spec);
     for (o, &(i, kx, ky)) in out.iter_mut().zip(disk) {
-        let v = spec[i] * recentre_phasor(kx * shift_px[0] + ky * shift_px[1], 1.0, d);
+        let v = spec[i] * recentre_phasor_2d([kx, ky], shift_px, d);
         *o = v.re - v.im;
     }
 }
@@ -361,18 +361,6 @@ fn metrics_write(path: &Path, rows: &[String]) -> Result<()> {
     }
     cryoforge_io::atomic::write_bytes_atomic(path, s.as_bytes())?;
     Ok(())
-}
-
-/// The latents of particles `idx`, each repeated for its `m` disk points ([|idx|·m·zdim]).
-fn latents_rows(z: &[f32], zdim: usize, idx: &[usize], m: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(idx.len() * m * zdim);
-    for &i in idx {
-        let zi = &z[i * zdim..(i + 1) * zdim];
-        for _ in 0..m {
-            v.extend_from_slice(zi);
-        }
-    }
-    v
 }
 
 /// Trains the Phase II volume on `stack` (poses and CTF required) with frozen latents `z`
@@ -483,8 +471,9 @@ pub fn train_volume(
             let p = idx.len() * m;
             let inv = 1.0 / scale;
             h.iter_mut().for_each(|v| *v *= inv);
-            let zt = (zdim > 0).then(|| latents_rows(z, zdim, idx, m));
-            let pred = model.forward(&c, zt.as_deref())?;
+            let zt: Option<Vec<f32>> =
+                (zdim > 0).then(|| idx.iter().flat_map(|&i| &z[i * zdim..(i + 1) * zdim]).copied().collect());
+            let pred = model.forward(&c, zt.as_deref(), m)?;
             let nct = Tensor::from_vec(nc, p, &dev)?;
             let ht = Tensor::from_vec(h, p, &dev)?;
             let loss = (pred * nct)?.sub(&ht)?.sqr()?.mean_all()?;
@@ -619,8 +608,7 @@ pub fn eval_volume(model: &VolumeModel, z: &[f32], band_px: f64) -> Result<Vec<f
     for (ci, part) in idx.chunks(chunk).enumerate() {
         let p = part.len();
         let k = &coords[ci * chunk * 3..ci * chunk * 3 + 3 * p];
-        let zt: Option<Vec<f32>> = (model.zdim > 0).then(|| z.repeat(p));
-        let v = model.forward(k, zt.as_deref())?.to_vec1::<f32>()?;
+        let v = model.forward(k, (model.zdim > 0).then_some(z), p)?.to_vec1::<f32>()?;
         for (&i, v) in part.iter().zip(v) {
             hv[i] = v * model.scale;
         }
