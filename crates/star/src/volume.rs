@@ -202,10 +202,12 @@ impl VolumeModel {
         let z = match (zd, z) {
             (0, _) => &[][..],
             (_, Some(z)) if per_latent > 0 && z.len() * per_latent == p * zd => z,
-            (_, Some(z)) => return Err(StarError::msg(format!(
+            (_, Some(z)) => {
+                return Err(StarError::msg(format!(
                 "volume model: {} latent values of dimension {zd} for {p} points, {per_latent} per latent",
                 z.len()
-            ))),
+            )))
+            }
             (_, None) => return Err(StarError::msg("volume model: latents missing")),
         };
         let w = 2 * f + zd;
