@@ -47,6 +47,14 @@ pub fn fftshift_index(i: usize, n: usize) -> usize {
     (i + n - n / 2) % n
 }
 
+/// Centred index of the Friedel mirror of centred index `i` (frequency −k of frequency k)
+/// on an axis of length n: `(2·(n/2) − i) mod n`. For even n the frequency −n/2 (index 0)
+/// is its own mirror, by periodicity.
+#[inline]
+pub fn friedel_mirror_index(i: usize, n: usize) -> usize {
+    (2 * (n / 2) + n - i) % n
+}
+
 /// Signed frequency index of centred position `i` on an axis of length n: `i − n/2`.
 #[inline]
 pub fn centered_freq(i: usize, n: usize) -> isize {
@@ -534,6 +542,27 @@ mod tests {
         let e1: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum();
         let e2: f64 = spec.iter().map(|v| v.norm_sqr() as f64).sum::<f64>() / (d * d) as f64;
         assert!((e1 - e2).abs() < 1e-4 * e1);
+    }
+
+    /// The spectrum of a real image is Hermitian: F(−k) = conj F(k) at the mirror index.
+    #[test]
+    fn friedel_mirror_index_pairs_conjugates() {
+        for d in [8usize, 9] {
+            let mut s = 11u64;
+            let x: Vec<f32> = (0..d * d).map(|_| lcg(&mut s)).collect();
+            let f = Fft2::new(d);
+            let mut w = f.work();
+            let mut spec = vec![C32::default(); d * d];
+            f.forward_real(&mut w, &x, &mut spec);
+            for r in 0..d {
+                for c in 0..d {
+                    let (mr, mc) = (friedel_mirror_index(r, d), friedel_mirror_index(c, d));
+                    assert_eq!(centered_freq(friedel_mirror_index(mr, d), d), centered_freq(r, d));
+                    let (a, b) = (spec[r * d + c], spec[mr * d + mc].conj());
+                    assert!((a - b).norm() < 1e-4, "d={d} ({r}, {c})");
+                }
+            }
+        }
     }
 
     #[test]

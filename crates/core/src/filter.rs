@@ -98,11 +98,17 @@ pub fn lowpass_volume(vol: &mut [f32], n: usize, apix_a: f64, cutoff_a: f64, edg
     }
 }
 
+/// The B-factor gain `exp(−B·s²/4)` at frequency `s` (1/Å); negative B sharpens.
+#[inline]
+pub fn bfactor_gain(s: f64, bfactor_a2: f64) -> f64 {
+    (-bfactor_a2 * s * s / 4.0).exp()
+}
+
 /// Apply a B-factor `exp(−B·s²/4)` to a real n³ volume (negative B sharpens).
 pub fn bfactor_volume(vol: &mut [f32], n: usize, apix_a: f64, bfactor_a2: f64) {
     let f = Fft3::new(n);
     let mut spec = f.forward_real(vol);
-    apply_radial_3d(&mut spec, n, apix_a, |s| (-bfactor_a2 * s * s / 4.0).exp());
+    apply_radial_3d(&mut spec, n, apix_a, |s| bfactor_gain(s, bfactor_a2));
     let back = f.inverse_complex(&spec);
     for (v, b) in vol.iter_mut().zip(back) {
         *v = b.re;

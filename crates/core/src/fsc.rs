@@ -52,6 +52,59 @@ fn shell(r2: f64, nyq: usize) -> Option<usize> {
     (k <= nyq).then_some(k)
 }
 
+/// Shell (rule 13) of the centred voxel (z, y, x) of an n³ grid: round(|q|), or None
+/// beyond Nyquist (the corners).
+#[inline]
+pub fn shell_index(z: usize, y: usize, x: usize, n: usize) -> Option<usize> {
+    let h = (n / 2) as f64;
+    let (dz, dy, dx) = (z as f64 - h, y as f64 - h, x as f64 - h);
+    shell(dx * dx + dy * dy + dz * dz, n / 2)
+}
+
+/// Multiply every voxel of shell k of a centred n³ spectrum by `gain[k]`. Voxels of the
+/// shells `gain.len()..` and the corners beyond Nyquist are set to 0 (FSC weighting as
+/// RELION's `applyFscWeighting`).
+pub fn apply_shell_gain(spec: &mut [C32], n: usize, gain: &[f64]) {
+    assert_eq!(spec.len(), n * n * n, "apply_shell_gain: wrong size");
+    spec.par_chunks_mut(n * n).enumerate().for_each(|(z, slab)| {
+        for (i, v) in slab.iter_mut().enumerate() {
+            let g = shell_index(z, i / n, i % n, n).and_then(|k| gain.get(k)).copied().unwrap_or(0.0);
+            *v *= g as f32;
+        }
+    });
+}
+
+/// Mean amplitude |F| of each shell k = 0..=n/2 of a centred n³ spectrum (0 for an empty
+/// shell): the radial profile of a Guinier plot (RELION's `makeGuinierPlot`).
+pub fn shell_mean_amplitude(spec: &[C32], n: usize) -> Vec<f64> {
+    assert_eq!(spec.len(), n * n * n, "shell_mean_amplitude: wrong size");
+    let nyq = n / 2;
+    let acc = spec
+        .par_chunks(n * n)
+        .enumerate()
+        .map(|(z, slab)| {
+            let mut s = vec![(0f64, 0usize); nyq + 1];
+            for (i, v) in slab.iter().enumerate() {
+                if let Some(k) = shell_index(z, i / n, i % n, n) {
+                    s[k].0 += v.norm() as f64;
+                    s[k].1 += 1;
+                }
+            }
+            s
+        })
+        .reduce(
+            || vec![(0f64, 0usize); nyq + 1],
+            |mut u, v| {
+                for (a, b) in u.iter_mut().zip(v) {
+                    a.0 += b.0;
+                    a.1 += b.1;
+                }
+                u
+            },
+        );
+    acc.iter().map(|&(s, c)| if c > 0 { s / c as f64 } else { 0.0 }).collect()
+}
+
 /// FSC between two centred n³ spectra.
 pub fn fsc_spectra(a: &[C32], b: &[C32], n: usize, apix_a: f64) -> FscCurve {
     let nyq = n / 2;
@@ -183,6 +236,24 @@ mod tests {
             let tol = 4.0 * 0.75 / nvox.sqrt();
             assert!((c.fsc[k] - 0.5).abs() < tol, "shell {k}: {}", c.fsc[k]);
         }
+    }
+
+    /// A flat spectrum (a centred delta) has mean amplitude 1 in every shell; a shell gain
+    /// scales exactly its shell and zeroes the shells it does not list and the corners.
+    #[test]
+    fn shell_gain_and_mean_amplitude() {
+        let n = 12;
+        let mut spec = vec![C32::new(1.0, 0.0); n * n * n];
+        assert!(shell_mean_amplitude(&spec, n).iter().all(|a| (a - 1.0).abs() < 1e-12));
+        let gain: Vec<f64> = (0..4).map(|k| 0.5 * k as f64).collect();
+        apply_shell_gain(&mut spec, n, &gain);
+        let amp = shell_mean_amplitude(&spec, n);
+        for (k, a) in amp.iter().enumerate() {
+            let want = if k < 4 { 0.5 * k as f64 } else { 0.0 };
+            assert!((a - want).abs() < 1e-12, "shell {k}: {a}");
+        }
+        assert_eq!(spec[0], C32::default()); // corner beyond Nyquist
+        assert_eq!(shell_index(n / 2, n / 2, n / 2 + 3, n), Some(3));
     }
 
     #[test]

@@ -37,6 +37,35 @@ pub fn image_name(s: &ParticleStack, i: usize) -> Option<String> {
 
 /// Write the set as a RELION STAR file.
 pub fn write_star(s: &ParticleStack, path: &Path) -> Result<()> {
+    write_star_with(s, path, &[])
+}
+
+/// [`write_star`] with extra per-particle columns `(label, one value per particle)`
+/// added to (or replacing those of) the particle table, e.g. refinement statistics.
+pub fn write_star_with(s: &ParticleStack, path: &Path, extra: &[(&str, Vec<String>)]) -> Result<()> {
+    let mut star = star_of(s)?;
+    if !extra.is_empty() {
+        let name = match &s.source {
+            Source::Star(rp) => rp.particles_block_name().to_string(),
+            _ => "particles".to_string(),
+        };
+        let block = star
+            .block_mut(&name)
+            .ok_or_else(|| IoError::file(&s.path, format!("internal: block data_{name} vanished")))?;
+        for (label, values) in extra {
+            if values.len() != s.len() {
+                return Err(IoError::file(
+                    &s.path,
+                    format!("column {label}: {} values for {} particles", values.len(), s.len()),
+                ));
+            }
+            block.table.set_column(label, values.iter())?;
+        }
+    }
+    star.write(path)
+}
+
+fn star_of(s: &ParticleStack) -> Result<StarFile> {
     let star = match &s.source {
         Source::Star(rp) => {
             let mut out = rp.select(&s.source_index)?;
@@ -46,17 +75,17 @@ pub fn write_star(s: &ParticleStack, path: &Path) -> Result<()> {
             let block = out
                 .block_mut(&name)
                 .ok_or_else(|| IoError::file(&s.path, format!("internal: block data_{name} vanished")))?;
-            if s.poses_origin == Some(Origin::Pickle) {
+            if matches!(s.poses_origin, Some(Origin::Pickle | Origin::Computed)) {
                 set_pose_columns(&mut block.table, s, relion30, apix)?;
             }
-            if s.ctf_origin == Some(Origin::Pickle) {
+            if matches!(s.ctf_origin, Some(Origin::Pickle | Origin::Computed)) {
                 set_ctf_columns(&mut block.table, s.ctf.as_deref().unwrap_or(&[]), relion30)?;
             }
             out
         }
         _ => fresh_star(s)?,
     };
-    star.write(path)
+    Ok(star)
 }
 
 fn set_pose_columns(t: &mut StarTable, s: &ParticleStack, relion30: bool, apix: Option<f64>) -> Result<()> {
@@ -185,7 +214,10 @@ fn fresh_star(s: &ParticleStack) -> Result<StarFile> {
 /// Write the set as a cryoSPARC `.cs` file.
 pub fn write_cs(s: &ParticleStack, path: &Path) -> Result<()> {
     let cs = match &s.source {
-        Source::Cs(cs) if s.poses_origin != Some(Origin::Pickle) && s.ctf_origin != Some(Origin::Pickle) => {
+        Source::Cs(cs)
+            if matches!(s.poses_origin, None | Some(Origin::Metadata))
+                && matches!(s.ctf_origin, None | Some(Origin::Metadata)) =>
+        {
             cs.select_rows(&s.source_index)?
         }
         _ => fresh_cs(s)?,

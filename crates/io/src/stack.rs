@@ -55,6 +55,8 @@ pub enum Origin {
     Metadata,
     /// A cryoDRGN pickle given on the command line.
     Pickle,
+    /// Computed by a cryoforge command (e.g. refined poses): written out in full.
+    Computed,
 }
 
 /// Options for [`ParticleStack::load`], matching cryoDRGN's parse_* flags.

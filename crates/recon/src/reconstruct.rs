@@ -10,13 +10,21 @@
 //! small Tikhonov constant; their FSC gives the per-shell SSNR of a half map,
 //! `SSNR½ = FSC/(1 − FSC)`, and a Wiener filter then uses `λ(k) = ⟨w⟩ₖ / SSNR(k)`
 //! (`⟨w⟩ₖ` the mean weight in shell k; the full map's SSNR is twice a half's).
+//!
+//! The half maps returned (and written) are the lightly regularised ones, as RELION's
+//! `_unfil` halves, and the half-map FSC is theirs: once a per-shell Wiener filter has
+//! shrunk the high shells of weak-signal halves, the real-space window (or a mask) mixes
+//! the strong low shells into them, and the FSC of filtered halves would report the
+//! leaked low-resolution agreement as high-resolution signal (measured on pure-noise
+//! particles: FSC 0.5 at 12 Å instead of ≈ 0 beyond the alignment band). The filtered
+//! halves are kept for refinement references.
 
 use crate::grid::Accumulator;
 use cryoforge_core::fft::{recentre_phasor, Rfft2, Rfft2Work, C32};
 use cryoforge_core::fsc::{fsc_volumes, FscCurve};
 use cryoforge_core::symmetry::Symmetry;
 use cryoforge_core::{ctf::CtfGrid, Rot3};
-use cryoforge_io::stack::ParticleStack;
+use cryoforge_io::stack::{ParticleStack, Pose};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -37,8 +45,8 @@ pub enum CtfCorrection {
 pub enum Regularisation {
     /// λ = c × the mean weight inside the Nyquist sphere.
     Tikhonov(f64),
-    /// λ(k) from the half-map FSC, re-estimated this many times.
-    Ssnr { iterations: usize },
+    /// λ(k) from the FSC of the lightly regularised halves.
+    Ssnr,
 }
 
 /// How particles are split into half sets.
@@ -110,7 +118,7 @@ impl Default for ReconConfig {
         ReconConfig {
             pad: 2.0,
             ctf_correction: CtfCorrection::Wiener,
-            regularisation: Regularisation::Ssnr { iterations: 1 },
+            regularisation: Regularisation::Ssnr,
             half_split: HalfSplit::Random { seed: 0 },
             symmetry: "C1".into(),
             invert: false,
@@ -133,10 +141,15 @@ pub enum ReconError {
 pub struct Reconstruction {
     pub d: usize,
     pub apix_a: f64,
+    /// The full map (SSNR or Tikhonov regularised).
     pub map: Vec<f32>,
+    /// Lightly regularised half maps (RELION's `_unfil`; see the module docs).
     pub half_a: Vec<f32>,
     pub half_b: Vec<f32>,
-    /// Unmasked half-map FSC.
+    /// The half maps with the map's regulariser (SSNR Wiener filter): references.
+    pub half_a_filtered: Vec<f32>,
+    pub half_b_filtered: Vec<f32>,
+    /// Unmasked FSC of `half_a` and `half_b`.
     pub fsc: FscCurve,
     pub n_half: [usize; 2],
 }
@@ -171,10 +184,54 @@ pub fn half_assignment(s: &ParticleStack, split: HalfSplit) -> Result<Vec<u8>, R
     }
 }
 
+/// The poses each particle is inserted at: one per particle, or several with weights
+/// (the posterior probabilities of a marginalised refinement; a particle's weights sum
+/// to 1, and a weight multiplies both its values and its CTF² weights).
+#[derive(Debug, Clone, Copy)]
+pub enum Assignment<'a> {
+    Single(&'a [Pose]),
+    Weighted(&'a [Vec<(Pose, f32)>]),
+}
+
+impl Assignment<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Assignment::Single(p) => p.len(),
+            Assignment::Weighted(w) => w.len(),
+        }
+    }
+
+    fn for_each(&self, i: usize, mut f: impl FnMut(&Pose, f32)) {
+        match self {
+            Assignment::Single(p) => f(&p[i], 1.0),
+            Assignment::Weighted(w) => w[i].iter().for_each(|(p, wt)| f(p, *wt)),
+        }
+    }
+}
+
 /// Reconstruct half maps and the full map. `progress(done)` is called as particles finish.
 pub fn reconstruct(
     s: &ParticleStack,
     cfg: &ReconConfig,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Reconstruction, ReconError> {
+    let poses = s.poses.as_ref().ok_or_else(|| {
+        ReconError::Input(format!(
+            "{}: the particles have no poses (give --poses or a refined STAR/.cs)",
+            s.path.display()
+        ))
+    })?;
+    let halves = half_assignment(s, cfg.half_split)?;
+    reconstruct_assigned(s, cfg, &halves, Assignment::Single(poses), progress)
+}
+
+/// Reconstruct from given half sets (`halves[i]` 0 = A, 1 = B) and poses; `cfg.half_split`
+/// is not consulted. Used by refinement, whose poses are not the stack's.
+pub fn reconstruct_assigned(
+    s: &ParticleStack,
+    cfg: &ReconConfig,
+    halves: &[u8],
+    poses: Assignment<'_>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Reconstruction, ReconError> {
     let d = s.box_px()?;
@@ -185,14 +242,17 @@ pub fn reconstruct(
     if let Some(w) = &cfg.window {
         w.validate()?;
     }
-    let poses = s.poses.as_ref().ok_or_else(|| {
-        ReconError::Input(format!(
-            "{}: the particles have no poses (give --poses or a refined STAR/.cs)",
-            s.path.display()
-        ))
-    })?;
     if s.images.is_empty() {
         return Err(ReconError::Input(format!("{}: lists no particle images", s.path.display())));
+    }
+    if halves.len() != s.len() || poses.len() != s.len() {
+        return Err(ReconError::Input(format!(
+            "{}: {} particles but {} half labels and {} poses",
+            s.path.display(),
+            s.len(),
+            halves.len(),
+            poses.len()
+        )));
     }
     let ctf = match cfg.ctf_correction {
         CtfCorrection::None => None,
@@ -200,7 +260,6 @@ pub fn reconstruct(
     };
     let sym: Symmetry = cfg.symmetry.parse().map_err(ReconError::Input)?;
     let ops = sym.operators();
-    let halves = half_assignment(s, cfg.half_split)?;
     let n_half = [halves.iter().filter(|&&h| h == 0).count(), halves.iter().filter(|&&h| h == 1).count()];
     if n_half[0] == 0 || n_half[1] == 0 {
         return Err(ReconError::Input(format!(
@@ -244,14 +303,29 @@ pub fn reconstruct(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let r = lw.prepare(s, i, ctf.map(|c| &c[i]), &grid, &fft, cfg, poses[i].shift_px);
-                if let Err(e) = r {
+                if let Err(e) = lw.load(s, i, ctf.map(|c| &c[i]), &grid, &fft) {
                     stop.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
-                for g in &ops {
-                    let rot = poses[i].rot.compose(g);
-                    acc.insert(&rot.0, &lw.values, &lw.weights);
+                let mut bad = None;
+                poses.for_each(i, |pose, weight| {
+                    if !(weight.is_finite() && weight >= 0.0) {
+                        bad = Some(weight);
+                        return;
+                    }
+                    lw.weigh(ctf.is_some(), cfg, s.ctf_premultiplied, pose.shift_px, weight);
+                    for g in &ops {
+                        let rot = pose.rot.compose(g);
+                        acc.insert(&rot.0, &lw.values, &lw.weights);
+                    }
+                });
+                if let Some(wt) = bad {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(ReconError::Input(format!(
+                        "{}: index {}: pose weight {wt} is not a finite non-negative number",
+                        s.path.display(),
+                        s.source_index[i]
+                    )));
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_multiple_of(64) || n == s.len() {
@@ -310,33 +384,37 @@ impl LaneWork {
         }
     }
 
-    fn prepare(
+    /// Read particle i, transform it and fill its CTF.
+    fn load(
         &mut self,
         s: &ParticleStack,
         i: usize,
         ctf: Option<&cryoforge_core::CtfParams>,
         grid: &CtfGrid,
         fft: &Rfft2,
-        cfg: &ReconConfig,
-        shift: [f64; 2],
     ) -> Result<(), ReconError> {
-        let d = fft.size();
-        let nh = d / 2 + 1;
         s.read_image(i, &mut self.img)?;
         fft.forward(&mut self.work, &self.img, &mut self.spec);
+        if let Some(c) = ctf {
+            grid.fill(c, &mut self.ctf);
+        }
+        Ok(())
+    }
+
+    /// Values and weights of the loaded particle re-centred by `shift` and scaled by `weight`.
+    fn weigh(&mut self, has_ctf: bool, cfg: &ReconConfig, premult: bool, shift: [f64; 2], weight: f32) {
+        let d = self.phase_y.len();
+        let nh = d / 2 + 1;
         // Re-centre: multiply by e^(−2πi k·t/D), separable in kₓ and k_y.
         for (c, p) in self.phase_x.iter_mut().enumerate() {
             *p = recentre_phasor(c as f64, shift[0], d);
         }
         for (r, p) in self.phase_y.iter_mut().enumerate() {
-            *p = recentre_phasor(fft.row_freq(r) as f64, shift[1], d);
+            let ky = if r < d / 2 { r as isize } else { r as isize - d as isize };
+            *p = recentre_phasor(ky as f64, shift[1], d);
         }
-        let sign = if cfg.invert { -1.0f32 } else { 1.0 };
-        if let Some(c) = ctf {
-            grid.fill(c, &mut self.ctf);
-        }
-        let mode = if ctf.is_some() { cfg.ctf_correction } else { CtfCorrection::None };
-        let premult = s.ctf_premultiplied;
+        let sign = if cfg.invert { -weight } else { weight };
+        let mode = if has_ctf { cfg.ctf_correction } else { CtfCorrection::None };
         for r in 0..d {
             let py = self.phase_y[r] * sign;
             for c in 0..nh {
@@ -351,10 +429,9 @@ impl LaneWork {
                     CtfCorrection::None => (x, 1.0),
                 };
                 self.values[k] = v;
-                self.weights[k] = w;
+                self.weights[k] = w * weight;
             }
         }
-        Ok(())
     }
 }
 
@@ -393,39 +470,30 @@ fn finish(
         }
         m
     };
-    let (lam_a, lam_b, mut fsc) = match cfg.regularisation {
-        Regularisation::Tikhonov(c) => {
-            let (la, lb) = (tikhonov_lambda(&acc[0], c), tikhonov_lambda(&acc[1], c));
-            let (a, b) = (to_map(&acc[0], &la), to_map(&acc[1], &lb));
-            (la, lb, fsc_volumes(&a, &b, d, apix))
-        }
-        Regularisation::Ssnr { iterations } => {
-            let (mut la, mut lb) = (
-                tikhonov_lambda(&acc[0], cfg.initial_tikhonov),
-                tikhonov_lambda(&acc[1], cfg.initial_tikhonov),
-            );
-            let mut fsc = fsc_volumes(&to_map(&acc[0], &la), &to_map(&acc[1], &lb), d, apix);
-            for _ in 0..iterations {
-                la = ssnr_lambda(&acc[0], &fsc, 1.0);
-                lb = ssnr_lambda(&acc[1], &fsc, 1.0);
-                fsc = fsc_volumes(&to_map(&acc[0], &la), &to_map(&acc[1], &lb), d, apix);
-            }
-            (la, lb, fsc)
-        }
+    // The lightly regularised halves (the Tikhonov constant of the chosen mode) and their
+    // FSC; with SSNR regularisation, each half is then Wiener-filtered with λ from it.
+    let c = match cfg.regularisation {
+        Regularisation::Tikhonov(c) => c,
+        Regularisation::Ssnr => cfg.initial_tikhonov,
     };
-    let half_a = to_map(&acc[0], &lam_a);
-    let half_b = to_map(&acc[1], &lam_b);
-    if matches!(cfg.regularisation, Regularisation::Ssnr { .. }) {
-        fsc = fsc_volumes(&half_a, &half_b, d, apix);
-    }
+    let (ta, tb) = (tikhonov_lambda(&acc[0], c), tikhonov_lambda(&acc[1], c));
+    let (half_a, half_b) = (to_map(&acc[0], &ta), to_map(&acc[1], &tb));
+    let fsc = fsc_volumes(&half_a, &half_b, d, apix);
+    let (half_a_filtered, half_b_filtered) = match cfg.regularisation {
+        Regularisation::Tikhonov(_) => (half_a.clone(), half_b.clone()),
+        Regularisation::Ssnr => (
+            to_map(&acc[0], &ssnr_lambda(&acc[0], &fsc, 1.0)),
+            to_map(&acc[1], &ssnr_lambda(&acc[1], &fsc, 1.0)),
+        ),
+    };
     let [mut a, b] = acc;
     a.add(&b);
     let lam_full = match cfg.regularisation {
         Regularisation::Tikhonov(c) => tikhonov_lambda(&a, c),
-        Regularisation::Ssnr { .. } => ssnr_lambda(&a, &fsc, 2.0),
+        Regularisation::Ssnr => ssnr_lambda(&a, &fsc, 2.0),
     };
     let map = to_map(&a, &lam_full);
-    Ok(Reconstruction { d, apix_a: apix, map, half_a, half_b, fsc, n_half })
+    Ok(Reconstruction { d, apix_a: apix, map, half_a, half_b, half_a_filtered, half_b_filtered, fsc, n_half })
 }
 
 /// Rotation of a pose composed with a symmetry operator (exposed for tests).

@@ -29,6 +29,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
     let mut b = Builder { warnings: Vec::new(), numbers: serde_json::Map::new() };
     let sections = match kind {
         DirKind::Reconstruct => b.reconstruct(dir, ""),
+        DirKind::Postprocess => b.postprocess(dir, ""),
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
@@ -104,7 +105,9 @@ impl Builder {
 
     // ----------------------------------------------------------------- reconstruct
 
-    fn reconstruct(&mut self, dir: &Path, prefix: &str) -> Vec<Section> {
+    /// The Command and "Configuration and results" sections from summary.json; the values
+    /// of `keys` go into the report's numbers.
+    fn summary_sections(&mut self, dir: &Path, prefix: &str, intro: &str, keys: &[&str]) -> Vec<Section> {
         let mut out = Vec::new();
         let summary = read_json(&dir.join("summary.json"));
         let mut cmd = Html::new();
@@ -130,16 +133,9 @@ impl Builder {
                     .filter(|(k, _)| *k != "command")
                     .map(|(k, v)| (k.clone(), json_text(v)))
                     .collect();
-                conf.p(
-                    "Settings and results from summary.json (resolutions in Å at the given FSC threshold).",
-                );
+                conf.p(intro);
                 conf.kv_table(&rows);
-                for key in [
-                    "resolution_0.143_unmasked_A",
-                    "resolution_0.143_masked_A",
-                    "resolution_0.5_vs_reference_A",
-                    "particles",
-                ] {
+                for &key in keys {
                     if let Some(v) = obj.get(key) {
                         self.numbers.insert(format!("{}{key}", num_prefix(prefix)), v.clone());
                     }
@@ -147,6 +143,18 @@ impl Builder {
             }
         }
         out.push(sec(prefix, "configuration", "Configuration and results", conf));
+        out
+    }
+
+    fn reconstruct(&mut self, dir: &Path, prefix: &str) -> Vec<Section> {
+        let intro = "Settings and results from summary.json (resolutions in Å at the given FSC threshold).";
+        let keys = [
+            "resolution_0.143_unmasked_A",
+            "resolution_0.143_masked_A",
+            "resolution_0.5_vs_reference_A",
+            "particles",
+        ];
+        let mut out = self.summary_sections(dir, prefix, intro, &keys);
         let mut fsc = Html::new();
         self.guard(&mut fsc, |b, h| {
             let csv = Csv::read(&dir.join("fsc.csv"))?;
@@ -171,27 +179,122 @@ impl Builder {
         out.push(sec(prefix, "fsc", "FSC curves", fsc));
         let map = dir.join("map.mrc");
         if map.is_file() {
-            let mut mh = Html::new();
-            self.guard(&mut mh, |b, h| {
-                let f = cryoforge_io::mrc::MrcFile::open(&map).map_err(|e| rerr(&map, e.to_string()))?;
-                let (nx, ny, nz) = (f.nx(), f.ny(), f.nz());
-                let v = f.read_volume().map_err(|e| rerr(&map, e.to_string()))?;
-                let at = |x: usize, y: usize, z: usize| v[(z * ny + y) * nx + x];
-                let xy: Vec<f32> = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| at(x, y, nz / 2)).collect();
-                let xz: Vec<f32> = (0..nz).flat_map(|z| (0..nx).map(move |x| (x, z))).map(|(x, z)| at(x, ny / 2, z)).collect();
-                let yz: Vec<f32> = (0..nz).flat_map(|z| (0..ny).map(move |y| (y, z))).map(|(y, z)| at(nx / 2, y, z)).collect();
-                let proj: Vec<f32> = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| (0..nz).map(|z| at(x, y, z)).sum()).collect();
-                let tiles = vec![
-                    Tile { pixels: xy, nx, ny, caption: "central xy section".into() },
-                    Tile { pixels: xz, nx, ny: nz, caption: "central xz section".into() },
-                    Tile { pixels: yz, nx: ny, ny: nz, caption: "central yz section".into() },
-                    Tile { pixels: proj, nx, ny, caption: "projection along z".into() },
-                ];
-                b.png(h, image_tiles_png("map.mrc", &tiles, 4, 192), "map sections", "Central sections and a projection of the final map (contrast stretched); open map.mrc in ChimeraX to see it in 3D.");
-                Ok(())
-            });
-            out.push(sec(prefix, "map", "Map sections", mh));
+            let caption = "Central sections and a projection of the final map (contrast stretched); open map.mrc in ChimeraX to see it in 3D.";
+            out.push(self.map_sections(&map, prefix, "map", "Map sections", caption));
         }
+        out
+    }
+
+    /// Central xy/xz/yz sections and the z projection of a map, as one tile image.
+    fn map_sections(&mut self, map: &Path, prefix: &str, id: &str, title: &str, caption: &str) -> Section {
+        let mut mh = Html::new();
+        self.guard(&mut mh, |b, h| {
+            let f = cryoforge_io::mrc::MrcFile::open(map).map_err(|e| rerr(map, e.to_string()))?;
+            let (nx, ny, nz) = (f.nx(), f.ny(), f.nz());
+            let v = f.read_volume().map_err(|e| rerr(map, e.to_string()))?;
+            let at = |x: usize, y: usize, z: usize| v[(z * ny + y) * nx + x];
+            let xy: Vec<f32> =
+                (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| at(x, y, nz / 2)).collect();
+            let xz: Vec<f32> =
+                (0..nz).flat_map(|z| (0..nx).map(move |x| (x, z))).map(|(x, z)| at(x, ny / 2, z)).collect();
+            let yz: Vec<f32> =
+                (0..nz).flat_map(|z| (0..ny).map(move |y| (y, z))).map(|(y, z)| at(nx / 2, y, z)).collect();
+            let proj: Vec<f32> = (0..ny)
+                .flat_map(|y| (0..nx).map(move |x| (x, y)))
+                .map(|(x, y)| (0..nz).map(|z| at(x, y, z)).sum())
+                .collect();
+            let tiles = vec![
+                Tile { pixels: xy, nx, ny, caption: "central xy section".into() },
+                Tile { pixels: xz, nx, ny: nz, caption: "central xz section".into() },
+                Tile { pixels: yz, nx: ny, ny: nz, caption: "central yz section".into() },
+                Tile { pixels: proj, nx, ny, caption: "projection along z".into() },
+            ];
+            let name = map.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            b.png(h, image_tiles_png(&name, &tiles, 4, 192), "map sections", caption);
+            Ok(())
+        });
+        sec(prefix, id, title, mh)
+    }
+
+    // ----------------------------------------------------------------- postprocess
+
+    fn postprocess(&mut self, dir: &Path, prefix: &str) -> Vec<Section> {
+        let intro = "Settings and results from summary.json: resolution_A is where the phase-randomisation corrected masked FSC drops below 0.143 (Å), bfactor_A2 the B-factor applied (Å², negative sharpens), randomize_shell the first shell whose phases were randomised.";
+        let keys = [
+            "resolution_A",
+            "bfactor_A2",
+            "resolution_0.143_masked_A",
+            "resolution_0.143_unmasked_A",
+            "randomize_resolution_A",
+        ];
+        let mut out = self.summary_sections(dir, prefix, intro, &keys);
+        let fsc_cols = [
+            ("fsc_unmasked", "unmasked"),
+            ("fsc_masked", "masked"),
+            ("fsc_random_masked", "phase-randomised, masked"),
+            ("fsc_corrected", "corrected"),
+        ];
+        let mut p =
+            LinePlot::new("Fourier shell correlation (post-processing)", "spatial frequency (1/Å)", "FSC");
+        p.hlines.push((0.143, "0.143".into()));
+        p.y_range = Some((-0.1, 1.05));
+        let caption = "FSC of the half maps unmasked, masked, with phases randomised beyond the randomisation shell and masked, and corrected (Chen et al. 2013); the resolution is read on the corrected curve at 0.143.";
+        let fsc = self.csv_plot(&dir.join("fsc.csv"), "frequency_per_A", &fsc_cols, p, caption);
+        out.push(sec(prefix, "fsc", "FSC curves", fsc));
+        let g_cols = [
+            ("ln_amp_input", "average of the halves"),
+            ("ln_amp_weighted", "FSC-weighted"),
+            ("ln_amp_sharpened", "sharpened"),
+        ];
+        let p = LinePlot::new("Guinier plot", "s² = 1/resolution² (1/Å²)", "ln(mean amplitude)");
+        let caption = "ln of the mean amplitude per shell against s²; the automatic B-factor is 4 × the slope of a line fitted to the FSC-weighted curve over the shells marked in_fit.";
+        let g = self.csv_plot(&dir.join("guinier.csv"), "s2_per_A2", &g_cols, p, caption);
+        out.push(sec(prefix, "guinier", "Guinier plot", g));
+        let map = dir.join("postprocess_masked.mrc");
+        if map.is_file() {
+            let caption = "Central sections and a projection of the sharpened, masked map (contrast stretched); open postprocess_masked.mrc in ChimeraX to see it in 3D.";
+            out.push(self.map_sections(&map, prefix, "map", "Sharpened map", caption));
+        }
+        out
+    }
+
+    /// A line plot of the named columns of a CSV against `x` (non-finite values skipped;
+    /// absent columns left out) with the table in a details block.
+    fn csv_plot(
+        &mut self,
+        path: &Path,
+        x: &str,
+        cols: &[(&str, &str)],
+        mut p: LinePlot,
+        caption: &str,
+    ) -> Html {
+        let mut out = Html::new();
+        self.guard(&mut out, |b, h| {
+            let csv = Csv::read(path)?;
+            let xs = csv.numbers_named(x)?;
+            for &(col, name) in cols {
+                if csv.col_index(col).is_some() {
+                    let v = csv.numbers_named(col)?;
+                    let points: Vec<(f64, f64)> = xs
+                        .iter()
+                        .zip(&v)
+                        .filter(|(a, b)| a.is_finite() && b.is_finite() && **a > 0.0)
+                        .map(|(&a, &b)| (a, b))
+                        .collect();
+                    if !points.is_empty() {
+                        p.series.push(Series { name: name.into(), points });
+                    }
+                }
+            }
+            let title = p.title.clone();
+            b.png(h, line_plot_png(&p), &title, caption);
+            let mut t = Html::new();
+            let head: Vec<&str> = csv.header.iter().map(|s| s.as_str()).collect();
+            t.table(&head, &csv.rows);
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            h.details(&format!("Table ({} rows, from {name})", csv.rows.len()), &t);
+            Ok(())
+        });
         out
     }
 
@@ -616,6 +719,7 @@ impl Builder {
         for (name, sd) in subdirs {
             match detect(&sd) {
                 Ok(DirKind::Reconstruct) => out.extend(self.reconstruct(&sd, &name)),
+                Ok(DirKind::Postprocess) => out.extend(self.postprocess(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
                 Ok(DirKind::Demo) | Err(_) => {}

@@ -23,6 +23,8 @@ pub(crate) fn rerr(path: &Path, msg: impl Into<String>) -> ReadError {
 pub enum DirKind {
     /// `cryoforge reconstruct` output: summary.json + fsc.csv.
     Reconstruct,
+    /// `cryoforge postprocess` output: summary.json + fsc.csv + postprocess.mrc.
+    Postprocess,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
     Run,
     /// `cryoforge simulate` output: particles.mrcs + truth.csv + run.toml.
@@ -35,6 +37,7 @@ impl DirKind {
     pub fn name(self) -> &'static str {
         match self {
             DirKind::Reconstruct => "reconstruction",
+            DirKind::Postprocess => "post-processing",
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
@@ -60,6 +63,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         }
     }
     if dir.join("summary.json").is_file() && dir.join("fsc.csv").is_file() {
+        if dir.join("postprocess.mrc").is_file() {
+            return Ok(DirKind::Postprocess);
+        }
         return Ok(DirKind::Reconstruct);
     }
     if dir.join("analysis").join("summary.json").is_file() {
@@ -68,8 +74,8 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     Err(rerr(
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
-         (star/sphere training run), run.toml + particles.mrcs (simulate) or summary.json + fsc.csv \
-         (reconstruct)",
+         (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
+         (reconstruct) or those + postprocess.mrc (postprocess)",
     ))
 }
 
@@ -320,6 +326,8 @@ mod tests {
         std::fs::write(d.path().join("summary.json"), "{}").unwrap();
         std::fs::write(d.path().join("fsc.csv"), "shell\n").unwrap();
         assert_eq!(detect(d.path()).unwrap(), DirKind::Reconstruct);
+        std::fs::write(d.path().join("postprocess.mrc"), "").unwrap();
+        assert_eq!(detect(d.path()).unwrap(), DirKind::Postprocess);
         std::fs::write(d.path().join("run.toml"), "[run]\nmethod = \"cryostar\"\n").unwrap();
         assert_eq!(detect(d.path()).unwrap(), DirKind::Run);
         std::fs::write(d.path().join("demo.json"), "{}").unwrap();

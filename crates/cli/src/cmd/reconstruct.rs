@@ -108,7 +108,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         regularisation: if a.reg == "tikhonov" {
             Regularisation::Tikhonov(a.tikhonov)
         } else {
-            Regularisation::Ssnr { iterations: 1 }
+            Regularisation::Ssnr
         },
         half_split: if a.half_split == "star" { HalfSplit::Star } else { HalfSplit::Random { seed: a.seed } },
         symmetry: a.symmetry.clone(),

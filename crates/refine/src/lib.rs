@@ -1,0 +1,18 @@
+//! cryoforge pose estimation: gold-standard 3D auto-refinement and orientation diagnostics.
+//!
+//! Above `recon` and `sim` (it projects with `sim::Projector` and reconstructs with
+//! `recon`), below the method crates (cryoPROS, CryoWizard, ab initio), which call it as a
+//! library.
+
+pub mod band;
+pub mod config;
+pub mod driver;
+pub mod expect;
+pub mod maps;
+mod output;
+pub mod score;
+pub mod search;
+pub mod so3;
+
+pub use config::{AssignmentMode, HalvesFrom, RefineConfig, RefineError};
+pub use driver::{refine, IterationStats, Mode, Observer, ParticleStats, RefineInput, RefineOutcome, Silent};
