@@ -44,6 +44,13 @@ pub fn write_star(s: &ParticleStack, path: &Path) -> Result<()> {
 /// added to (or replacing those of) the particle table, e.g. refinement statistics.
 pub fn write_star_with(s: &ParticleStack, path: &Path, extra: &[(&str, Vec<String>)]) -> Result<()> {
     let mut star = star_of(s)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let names = rebased_files(s, dir);
+    let mut extra: Vec<(&str, Vec<String>)> = extra.to_vec();
+    if names != s.files && !s.images.is_empty() {
+        let col = s.images.iter().map(|r| format!("{:06}@{}", r.index + 1, names[r.file as usize])).collect();
+        extra.insert(0, ("rlnImageName", col));
+    }
     if !extra.is_empty() {
         let name = match &s.source {
             Source::Star(rp) => rp.particles_block_name().to_string(),
@@ -52,7 +59,7 @@ pub fn write_star_with(s: &ParticleStack, path: &Path, extra: &[(&str, Vec<Strin
         let block = star
             .block_mut(&name)
             .ok_or_else(|| IoError::file(&s.path, format!("internal: block data_{name} vanished")))?;
-        for (label, values) in extra {
+        for (label, values) in &extra {
             if values.len() != s.len() {
                 return Err(IoError::file(
                     &s.path,
@@ -63,6 +70,50 @@ pub fn write_star_with(s: &ParticleStack, path: &Path, extra: &[(&str, Vec<Strin
         }
     }
     star.write(path)
+}
+
+/// The stack files of `s` as a STAR written into `dir` must name them: unchanged when they
+/// resolve the same way from there (same folder, or absolute), else relative to `dir` (or
+/// absolute when no relative path exists). Files that cannot be found keep their text.
+/// Image paths in cryoforge are relative to the STAR's folder (CONVENTIONS rule 19).
+fn rebased_files(s: &ParticleStack, dir: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return s.files.clone() };
+    let same = s
+        .path
+        .parent()
+        .and_then(|p| std::fs::canonicalize(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok());
+    s.files
+        .iter()
+        .map(|f| {
+            if Path::new(f).is_absolute() || same.as_deref() == Some(dir.as_path()) {
+                return f.clone();
+            }
+            match s
+                .resolve(f)
+                .and_then(|p| std::fs::canonicalize(&p).map_err(|e| IoError::os(&p, "cannot resolve", e)))
+            {
+                Ok(abs) => relative_to(&abs, &dir).unwrap_or(abs).display().to_string(),
+                Err(_) => f.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `path` relative to `dir` (both absolute, canonical), with `..` steps as needed.
+fn relative_to(path: &Path, dir: &Path) -> Option<std::path::PathBuf> {
+    let (p, d): (Vec<_>, Vec<_>) = (path.components().collect(), dir.components().collect());
+    let common = p.iter().zip(&d).take_while(|(a, b)| a == b).count();
+    if common == 0 {
+        return None;
+    }
+    let mut out = std::path::PathBuf::new();
+    for _ in common..d.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c.as_os_str());
+    }
+    Some(out)
 }
 
 fn star_of(s: &ParticleStack) -> Result<StarFile> {

@@ -120,3 +120,33 @@ fn invalid_pose_pickle_rows_are_rejected() {
     let e = ParticleStack::load(&p, &LoadOptions { poses_pkl: Some(pk), ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("2 poses") && e.to_string().contains("3 particles"), "{e}");
 }
+
+/// A STAR written into another folder names its stacks relative to that folder (image
+/// paths are relative to the STAR's folder: CONVENTIONS rule 19), so it reads the same
+/// pixels from there; written beside the input it keeps the input's text.
+#[test]
+fn star_written_elsewhere_rebases_image_paths() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("data")).unwrap();
+    stack_file(&d.path().join("data"));
+    let star = d.path().join("data/p.star");
+    std::fs::write(
+        &star,
+        "data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnImageSize\n1 1.5 4\n\
+         data_particles\nloop_\n_rlnImageName\n_rlnOpticsGroup\n_rlnMyColumn\n1@s.mrcs 1 a\n3@s.mrcs 1 b\n",
+    )
+    .unwrap();
+    let s = ParticleStack::load(&star, &LoadOptions::default()).unwrap();
+    let out = d.path().join("jobs/refine");
+    std::fs::create_dir_all(&out).unwrap();
+    cryoforge_io::export::write_star(&s, &out.join("o.star")).unwrap();
+    let text = std::fs::read_to_string(out.join("o.star")).unwrap();
+    assert!(text.contains("000003@../../data/s.mrcs") && text.contains(" b"), "{text}");
+    let back = ParticleStack::load(&out.join("o.star"), &LoadOptions::default()).unwrap();
+    let (mut a, mut b) = (vec![0f32; 16], vec![0f32; 16]);
+    s.read_image(1, &mut a).unwrap();
+    back.read_image(1, &mut b).unwrap();
+    assert_eq!(a, b);
+    cryoforge_io::export::write_star(&s, &d.path().join("data/same.star")).unwrap();
+    assert!(std::fs::read_to_string(d.path().join("data/same.star")).unwrap().contains("1@s.mrcs"));
+}

@@ -249,6 +249,7 @@ pub(crate) fn write_final(
         "truth_fraction_over_30deg": last.and_then(|l| l.truth_fraction_over_30deg),
         "seconds": o.iterations.iter().map(|i| i.search_seconds + i.reconstruct_seconds).sum::<f64>(),
         "assignment": s.cfg.assignment,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
         "version": env!("CARGO_PKG_VERSION"),
     });
     write_json(&out.join("summary.json"), &summary)

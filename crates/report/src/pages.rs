@@ -11,6 +11,8 @@ use crate::plot::{line_plot_png, LinePlot, Series};
 use crate::rundir::*;
 use std::path::{Path, PathBuf};
 
+mod refine;
+
 /// A built report.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -29,6 +31,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
     let mut b = Builder { warnings: Vec::new(), numbers: serde_json::Map::new() };
     let sections = match kind {
         DirKind::Reconstruct => b.reconstruct(dir, ""),
+        DirKind::Refine => b.refine(dir, ""),
         DirKind::Postprocess => b.postprocess(dir, ""),
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
@@ -719,6 +722,7 @@ impl Builder {
         for (name, sd) in subdirs {
             match detect(&sd) {
                 Ok(DirKind::Reconstruct) => out.extend(self.reconstruct(&sd, &name)),
+                Ok(DirKind::Refine) => out.extend(self.refine(&sd, &name)),
                 Ok(DirKind::Postprocess) => out.extend(self.postprocess(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),

@@ -23,6 +23,8 @@ pub(crate) fn rerr(path: &Path, msg: impl Into<String>) -> ReadError {
 pub enum DirKind {
     /// `cryoforge reconstruct` output: summary.json + fsc.csv.
     Reconstruct,
+    /// `cryoforge refine` output: iterations.jsonl + summary.json + fsc.csv.
+    Refine,
     /// `cryoforge postprocess` output: summary.json + fsc.csv + postprocess.mrc.
     Postprocess,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
@@ -37,6 +39,7 @@ impl DirKind {
     pub fn name(self) -> &'static str {
         match self {
             DirKind::Reconstruct => "reconstruction",
+            DirKind::Refine => "3D refinement",
             DirKind::Postprocess => "post-processing",
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
@@ -66,6 +69,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         if dir.join("postprocess.mrc").is_file() {
             return Ok(DirKind::Postprocess);
         }
+        if dir.join("iterations.jsonl").is_file() {
+            return Ok(DirKind::Refine);
+        }
         return Ok(DirKind::Reconstruct);
     }
     if dir.join("analysis").join("summary.json").is_file() {
@@ -75,7 +81,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct) or those + postprocess.mrc (postprocess)",
+         (reconstruct), those + iterations.jsonl (refine) or those + postprocess.mrc (postprocess)",
     ))
 }
 
