@@ -418,3 +418,49 @@ pub fn rotation_cube(m: i64, step: f64) -> Vec<[f64; 3]> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryoforge_core::EulerRelion;
+
+    fn cand(deg: f64, score: f32) -> Cand {
+        Cand { rot: EulerRelion::new(0.0, 0.0, deg).to_rot(), shift: [0.0, 0.0], score }
+    }
+
+    /// The posterior summary: best first, weights of the significant poses sum to 1, the
+    /// maximum probability is the best's share of the whole posterior, poses under 1 % of
+    /// the best are not inserted, and the spread is the posterior RMS angle.
+    #[test]
+    fn posterior_summary_of_scored_samples() {
+        let ln2 = std::f32::consts::LN_2;
+        // Weights 1, 1/2, 1/4 and ~0 (e^-20): total 1.75.
+        let mut c = vec![cand(2.0, -ln2), cand(0.0, 0.0), cand(4.0, -2.0 * ln2), cand(30.0, -20.0)];
+        let r = summarise(&mut c, 0.999, 8);
+        assert!(r.best.rot.angle_to_deg(&EulerRelion::new(0.0, 0.0, 0.0).to_rot()) < 1e-9);
+        assert!((r.max_prob - 1.0 / 1.75).abs() < 1e-6, "{}", r.max_prob);
+        assert_eq!(r.n_significant, 3);
+        assert_eq!(r.hits.len(), 3);
+        let sum: f32 = r.hits.iter().map(|h| h.1).sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert!((r.hits[0].1 - 1.0 / 1.75).abs() < 1e-6);
+        let spread = ((0.5 * 4.0 + 0.25 * 16.0) / 1.75f64).sqrt();
+        assert!((r.ang_spread_deg - spread).abs() < 1e-3, "{} vs {spread}", r.ang_spread_deg);
+        // Pruning keeps the mass, within [keep_min, keep_max].
+        let mut c = vec![cand(0.0, 0.0), cand(2.0, -ln2), cand(4.0, -2.0 * ln2), cand(30.0, -20.0)];
+        prune(&mut c, 0.999, LevelPlan { k: 1.0, n: 1, keep_min: 1, keep_max: 8 });
+        assert_eq!(c.len(), 3);
+        prune(&mut c, 0.999, LevelPlan { k: 1.0, n: 1, keep_min: 1, keep_max: 2 });
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn shift_grid_is_a_disc_and_the_rotation_cube_has_its_centre() {
+        let g = shift_grid(5.0, 2.0);
+        assert!(g.contains(&[0.0, 0.0]) && g.iter().all(|t| t[0].hypot(t[1]) <= 5.0 + 1e-9));
+        assert_eq!(g.len(), 21);
+        let c = rotation_cube(1, 0.1);
+        assert_eq!(c.len(), 27);
+        assert!(c.contains(&[0.0, 0.0, 0.0]));
+    }
+}
