@@ -92,16 +92,17 @@ pub fn shell_mean_amplitude(spec: &[C32], n: usize) -> Vec<f64> {
             }
             s
         })
-        .reduce(
-            || vec![(0f64, 0usize); nyq + 1],
-            |mut u, v| {
-                for (a, b) in u.iter_mut().zip(v) {
-                    a.0 += b.0;
-                    a.1 += b.1;
-                }
-                u
-            },
-        );
+        // Per-slab partials summed in slab order: the same bits whatever the thread count or
+        // work stealing (rayon's reduce tree is not fixed), so runs are reproducible.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![(0f64, 0usize); nyq + 1], |mut u, v| {
+            for (a, b) in u.iter_mut().zip(v) {
+                a.0 += b.0;
+                a.1 += b.1;
+            }
+            u
+        });
     acc.iter().map(|&(s, c)| if c > 0 { s / c as f64 } else { 0.0 }).collect()
 }
 
@@ -129,17 +130,18 @@ pub fn fsc_spectra(a: &[C32], b: &[C32], n: usize, apix_a: f64) -> FscCurve {
             }
             s
         })
-        .reduce(
-            || vec![[0f64; 3]; nyq + 1],
-            |mut u, v| {
-                for (x, y) in u.iter_mut().zip(v) {
-                    for j in 0..3 {
-                        x[j] += y[j];
-                    }
+        // Per-slab partials summed in slab order: the same bits whatever the thread count or
+        // work stealing (rayon's reduce tree is not fixed), so runs are reproducible.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![[0f64; 3]; nyq + 1], |mut u, v| {
+            for (x, y) in u.iter_mut().zip(v) {
+                for j in 0..3 {
+                    x[j] += y[j];
                 }
-                u
-            },
-        );
+            }
+            u
+        });
     let fsc = acc
         .iter()
         .map(|s| if s[1] > 0.0 && s[2] > 0.0 { s[0] / (s[1] * s[2]).sqrt() } else { 0.0 })

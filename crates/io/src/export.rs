@@ -102,8 +102,13 @@ fn rebased_files(s: &ParticleStack, dir: &Path) -> Vec<String> {
 /// `path` relative to `dir` (both absolute, canonical), with `..` steps as needed.
 fn relative_to(path: &Path, dir: &Path) -> Option<std::path::PathBuf> {
     let (p, d): (Vec<_>, Vec<_>) = (path.components().collect(), dir.components().collect());
+    // Sharing only the root (or a prefix) is no reason for a path full of `..`: absolute then.
     let common = p.iter().zip(&d).take_while(|(a, b)| a == b).count();
-    if common == 0 {
+    let root = p
+        .iter()
+        .take_while(|c| matches!(c, std::path::Component::Prefix(_) | std::path::Component::RootDir))
+        .count();
+    if common <= root {
         return None;
     }
     let mut out = std::path::PathBuf::new();

@@ -74,7 +74,10 @@ pub fn power_spectrum(
             }
             Ok(acc)
         })
-        .try_reduce(|| ShellAcc::new(d / 2 + 1), |a, b| Ok(a.merged(&b)))?;
+        .collect::<Result<Vec<_>, RefineError>>()?
+        .iter()
+        // Merged in chunk order: reproducible bits (rayon's reduce tree is not fixed).
+        .fold(ShellAcc::new(d / 2 + 1), |a, b| a.merged(b));
     // Shell 0 (DC only, never scored) takes shell 1's value.
     let mut p = acc.mean_or(&vec![0.0; d / 2 + 1]);
     if p.len() > 1 {
