@@ -106,12 +106,15 @@ fn refine_writes_its_run_folder_and_reports_truth_errors() {
         "report.html",
         "iter_001/fsc.png",
         "iter_001/particles.star",
+        "orient/orient.json",
+        "orient/directions.csv",
+        "orient/conical_fsc.png",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(
-        html.contains("Iterations") && html.contains("Viewing directions"),
+        html.contains("Iterations") && html.contains("Viewing directions") && html.contains("cFAR"),
         "report lacks the refine sections"
     );
     // The STAR keeps the input columns and adds RELION's refinement labels.

@@ -4,12 +4,15 @@
 //! `recon`), below the method crates (cryoPROS, CryoWizard, ab initio), which call it as a
 //! library.
 
+pub mod align;
 pub mod band;
 pub mod config;
 pub mod driver;
 pub mod expect;
 pub mod maps;
+pub mod orient;
 mod output;
+pub mod rebalance;
 pub mod score;
 pub mod search;
 pub mod so3;

@@ -11,6 +11,7 @@ use crate::plot::{line_plot_png, LinePlot, Series};
 use crate::rundir::*;
 use std::path::{Path, PathBuf};
 
+mod orient;
 mod refine;
 
 /// A built report.
@@ -33,6 +34,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Reconstruct => b.reconstruct(dir, ""),
         DirKind::Refine => b.refine(dir, ""),
         DirKind::Postprocess => b.postprocess(dir, ""),
+        DirKind::Orient => b.orient(dir, ""),
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
@@ -724,6 +726,7 @@ impl Builder {
                 Ok(DirKind::Reconstruct) => out.extend(self.reconstruct(&sd, &name)),
                 Ok(DirKind::Refine) => out.extend(self.refine(&sd, &name)),
                 Ok(DirKind::Postprocess) => out.extend(self.postprocess(&sd, &name)),
+                Ok(DirKind::Orient) => out.extend(self.orient(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
                 Ok(DirKind::Demo) | Err(_) => {}

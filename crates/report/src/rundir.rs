@@ -27,6 +27,8 @@ pub enum DirKind {
     Refine,
     /// `cryoforge postprocess` output: summary.json + fsc.csv + postprocess.mrc.
     Postprocess,
+    /// `cryoforge orient` output: orient.json.
+    Orient,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
     Run,
     /// `cryoforge simulate` output: particles.mrcs + truth.csv + run.toml.
@@ -41,6 +43,7 @@ impl DirKind {
             DirKind::Reconstruct => "reconstruction",
             DirKind::Refine => "3D refinement",
             DirKind::Postprocess => "post-processing",
+            DirKind::Orient => "orientation diagnostics",
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
@@ -65,6 +68,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
             return Ok(DirKind::Simulate);
         }
     }
+    if dir.join("orient.json").is_file() {
+        return Ok(DirKind::Orient);
+    }
     if dir.join("summary.json").is_file() && dir.join("fsc.csv").is_file() {
         if dir.join("postprocess.mrc").is_file() {
             return Ok(DirKind::Postprocess);
@@ -81,7 +87,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) or those + postprocess.mrc (postprocess)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) or orient.json (orient)",
     ))
 }
 

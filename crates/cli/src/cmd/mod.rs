@@ -1,3 +1,4 @@
+pub mod align_maps;
 pub mod center_model;
 pub mod convert;
 pub mod demo;
@@ -6,8 +7,10 @@ pub mod fsc;
 pub mod info;
 pub mod mask;
 pub mod morph;
+pub mod orient;
 pub mod pdb2map;
 pub mod postprocess;
+pub mod rebalance;
 pub mod reconstruct;
 pub mod refine;
 pub mod report;

@@ -131,6 +131,29 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     obs.bar.finish_and_clear();
     write_fsc_png(&out.join("fsc.png"), &o.recon.fsc, &o.fsc_masked)?;
     write_angdist_png(&out.join("angdist.png"), &o.poses)?;
+    // Orientation diagnostics of the final half maps and poses (OUT/orient).
+    let sym: cryoforge_core::symmetry::Symmetry =
+        cfg.symmetry.parse().map_err(|e| anyhow::anyhow!("--sym {:?}: {e}", cfg.symmetry))?;
+    let dirs: Vec<[f64; 3]> =
+        o.poses.iter().map(|p| cryoforge_refine::orient::viewing_direction(&p.rot)).collect();
+    let ocfg = cryoforge_refine::orient::OrientConfig::default();
+    let rep = cryoforge_refine::orient::orient(
+        &o.recon.half_a,
+        &o.recon.half_b,
+        d,
+        apix,
+        Some(&o.mask),
+        Some((&dirs, &sym)),
+        &ocfg,
+    );
+    let mut meta = serde_json::Map::new();
+    meta.insert("half1".into(), "../half_a.mrc".into());
+    meta.insert("half2".into(), "../half_b.mrc".into());
+    meta.insert("mask".into(), "../mask.mrc".into());
+    meta.insert("particles".into(), "../particles.star".into());
+    meta.insert("sym".into(), cfg.symmetry.clone().into());
+    meta.insert("command".into(), "(part of cryoforge refine)".into());
+    crate::cmd::orient::write_outputs(&out.join("orient"), &rep, Some(&dirs), meta)?;
     let report = out.join("report.html");
     crate::cmd::report::write(&out, &report)?;
     let summary_path = out.join("summary.json");

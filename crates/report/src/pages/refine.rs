@@ -37,6 +37,11 @@ impl Builder {
         let mut ang = Html::new();
         self.guard(&mut ang, |b, h| b.viewing_directions(dir, h));
         out.push(sec(prefix, "angdist", "Viewing directions", ang));
+        let od = dir.join("orient");
+        if od.join("orient.json").is_file() {
+            let p = if prefix.is_empty() { "orient".to_string() } else { format!("{prefix}/orient") };
+            out.extend(self.orient(&od, &p));
+        }
         let mut sc = Html::new();
         self.guard(&mut sc, |b, h| b.particle_scores(dir, h));
         out.push(sec(prefix, "scores", "Per-particle posterior", sc));
