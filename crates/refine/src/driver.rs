@@ -183,7 +183,7 @@ impl Setup<'_> {
     }
 
     /// The fine angular step (radians) for a band.
-    fn fine_step(&self, k: f64) -> f64 {
+    pub(crate) fn fine_step(&self, k: f64) -> f64 {
         (self.cfg.oversampling * 2.0 * self.d as f64 * self.apix / (self.diameter_a * k))
             .max(0.1f64.to_radians())
     }
@@ -194,7 +194,7 @@ impl Setup<'_> {
         (self.d as f64 / (8.0 * k)).clamp(0.05, 1.0)
     }
 
-    fn levels(
+    pub(crate) fn levels(
         &self,
         band: &Band,
         k_band: f64,

@@ -4,6 +4,7 @@
 //! `recon`), below the method crates (cryoPROS, CryoWizard, ab initio), which call it as a
 //! library.
 
+pub mod abinit;
 pub mod align;
 pub mod band;
 pub mod config;

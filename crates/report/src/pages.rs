@@ -11,6 +11,7 @@ use crate::plot::{line_plot_png, LinePlot, Series};
 use crate::rundir::*;
 use std::path::{Path, PathBuf};
 
+mod abinit;
 mod orient;
 mod refine;
 
@@ -35,6 +36,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Refine => b.refine(dir, ""),
         DirKind::Postprocess => b.postprocess(dir, ""),
         DirKind::Orient => b.orient(dir, ""),
+        DirKind::Abinit => b.abinit(dir, ""),
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
@@ -727,6 +729,7 @@ impl Builder {
                 Ok(DirKind::Refine) => out.extend(self.refine(&sd, &name)),
                 Ok(DirKind::Postprocess) => out.extend(self.postprocess(&sd, &name)),
                 Ok(DirKind::Orient) => out.extend(self.orient(&sd, &name)),
+                Ok(DirKind::Abinit) => out.extend(self.abinit(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
                 Ok(DirKind::Demo) | Err(_) => {}

@@ -29,6 +29,8 @@ pub enum DirKind {
     Postprocess,
     /// `cryoforge orient` output: orient.json.
     Orient,
+    /// `cryoforge abinit` output: summary.json + classes.csv.
+    Abinit,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
     Run,
     /// `cryoforge simulate` output: particles.mrcs + truth.csv + run.toml.
@@ -44,6 +46,7 @@ impl DirKind {
             DirKind::Refine => "3D refinement",
             DirKind::Postprocess => "post-processing",
             DirKind::Orient => "orientation diagnostics",
+            DirKind::Abinit => "ab initio reconstruction",
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
@@ -68,6 +71,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
             return Ok(DirKind::Simulate);
         }
     }
+    if dir.join("classes.csv").is_file() && dir.join("summary.json").is_file() {
+        return Ok(DirKind::Abinit);
+    }
     if dir.join("orient.json").is_file() {
         return Ok(DirKind::Orient);
     }
@@ -87,7 +93,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) or orient.json (orient)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) or summary.json + classes.csv (abinit)",
     ))
 }
 

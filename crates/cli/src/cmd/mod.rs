@@ -1,3 +1,4 @@
+pub mod abinit;
 pub mod align_maps;
 pub mod center_model;
 pub mod convert;

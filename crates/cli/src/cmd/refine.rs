@@ -325,3 +325,28 @@ fn write_angdist_png(path: &Path, poses: &[Pose]) -> Result<()> {
     cryoforge_io::atomic::write_bytes_atomic(path, &png)?;
     Ok(())
 }
+
+impl Args {
+    /// The arguments of `cryoforge refine PARTICLES --reference MAP --out OUT` with its
+    /// defaults (for `abinit --then-refine`).
+    pub fn for_abinit(
+        particles: PathBuf,
+        reference: PathBuf,
+        out: PathBuf,
+        sym: &str,
+        invert: bool,
+        seed: u64,
+    ) -> Args {
+        use clap::{Args as _, FromArgMatches as _};
+        let mut argv: Vec<std::ffi::OsString> = vec!["refine".into(), particles.into(), "--reference".into()];
+        argv.extend([reference.into(), "--out".into(), out.into(), "--sym".into(), sym.into()]);
+        argv.extend(["--seed".into(), seed.to_string().into()]);
+        if invert {
+            argv.push("--invert".into());
+        }
+        let m = Args::augment_args(clap::Command::new("refine"))
+            .try_get_matches_from(argv)
+            .expect("refine's own arguments parse");
+        Args::from_arg_matches(&m).expect("refine's own arguments parse")
+    }
+}
