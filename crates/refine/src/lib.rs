@@ -7,6 +7,7 @@
 pub mod abinit;
 pub mod align;
 pub mod band;
+pub mod class2d;
 pub mod config;
 pub mod driver;
 pub mod expect;

@@ -12,6 +12,7 @@ use crate::rundir::*;
 use std::path::{Path, PathBuf};
 
 mod abinit;
+mod class2d;
 mod orient;
 mod refine;
 
@@ -37,6 +38,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Postprocess => b.postprocess(dir, ""),
         DirKind::Orient => b.orient(dir, ""),
         DirKind::Abinit => b.abinit(dir, ""),
+        DirKind::Class2d => b.class2d(dir, ""),
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
@@ -730,6 +732,7 @@ impl Builder {
                 Ok(DirKind::Postprocess) => out.extend(self.postprocess(&sd, &name)),
                 Ok(DirKind::Orient) => out.extend(self.orient(&sd, &name)),
                 Ok(DirKind::Abinit) => out.extend(self.abinit(&sd, &name)),
+                Ok(DirKind::Class2d) => out.extend(self.class2d(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
                 Ok(DirKind::Demo) | Err(_) => {}

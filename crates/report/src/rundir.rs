@@ -31,6 +31,8 @@ pub enum DirKind {
     Orient,
     /// `cryoforge abinit` output: summary.json + classes.csv.
     Abinit,
+    /// `cryoforge class2d` output: summary.json + classes.mrcs.
+    Class2d,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
     Run,
     /// `cryoforge simulate` output: particles.mrcs + truth.csv + run.toml.
@@ -47,6 +49,7 @@ impl DirKind {
             DirKind::Postprocess => "post-processing",
             DirKind::Orient => "orientation diagnostics",
             DirKind::Abinit => "ab initio reconstruction",
+            DirKind::Class2d => "2D classification",
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
@@ -71,6 +74,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
             return Ok(DirKind::Simulate);
         }
     }
+    if dir.join("classes.mrcs").is_file() && dir.join("summary.json").is_file() {
+        return Ok(DirKind::Class2d);
+    }
     if dir.join("classes.csv").is_file() && dir.join("summary.json").is_file() {
         return Ok(DirKind::Abinit);
     }
@@ -93,7 +99,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) or summary.json + classes.csv (abinit)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d)",
     ))
 }
 

@@ -1,6 +1,7 @@
 pub mod abinit;
 pub mod align_maps;
 pub mod center_model;
+pub mod class2d;
 pub mod convert;
 pub mod demo;
 pub mod downsample;

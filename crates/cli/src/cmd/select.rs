@@ -20,20 +20,44 @@ pub struct Args {
     /// Output file: .star or .cs.
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Keep only particles of these classes (rlnClassNumber of a STAR, e.g. from
+    /// `cryoforge class2d` or `abinit`), e.g. --classes 1,4,7.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub classes: Option<Vec<usize>>,
     /// Also write the selected indices (into the input file) as a cryoDRGN index pickle.
     #[arg(long, value_name = "PKL")]
     pub ind_out: Option<PathBuf>,
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
-    if a.input.ind.is_none() && a.input.first.is_none() {
-        bail!("no selection: give --ind FILE and/or --first N");
+    if a.input.ind.is_none() && a.input.first.is_none() && a.classes.is_none() {
+        bail!("no selection: give --ind FILE, --first N and/or --classes LIST");
     }
     let kind = cryoforge_io::stack::file_kind(&a.out);
     if !matches!(kind, FileKind::Star | FileKind::Cs) {
         bail!("{}: output must end in .star or .cs", a.out.display());
     }
-    let s = a.input.load(ctx)?;
+    let mut s = a.input.load(ctx)?;
+    if let Some(keep) = &a.classes {
+        let path = &a.input.particles;
+        let cryoforge_io::stack::Source::Star(rp) = &s.source else {
+            bail!("--classes: {} is not a RELION STAR (rlnClassNumber is read from a STAR)", path.display());
+        };
+        if !rp.has_column("rlnClassNumber") {
+            bail!("{}: no rlnClassNumber column (--classes needs classified particles)", path.display());
+        }
+        let mut idx = Vec::new();
+        for (j, &row) in s.source_index.iter().enumerate() {
+            let c = rp.f64(row, "rlnClassNumber")?;
+            if keep.iter().any(|&k| k as f64 == c) {
+                idx.push(j);
+            }
+        }
+        if idx.is_empty() {
+            bail!("{}: no particle is in classes {keep:?}", path.display());
+        }
+        s.select(&idx)?;
+    }
     ensure_parent(&a.out)?;
     match kind {
         FileKind::Star => export::write_star(&s, &a.out)?,
