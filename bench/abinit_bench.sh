@@ -41,13 +41,11 @@ bench_timed abinit2 "$CF" abinit "$M/mix.star" --classes 2 --out "$M/ab"
 python3 - "$M/ab/particles.star" <<'PY'
 import sys, collections
 rows = [l.split() for l in open(sys.argv[1]) if "particles.mrcs" in l]
-hdr = [l.split()[0] for l in open(sys.argv[1]) if l.startswith("_rln")]
-ci = [i for i, h in enumerate(h for h in hdr if h != "_rlnOpticsGroup" or True)][0]
 names = [l.split()[0] for l in open(sys.argv[1]) if l.startswith("_rln")]
-# particle-table columns follow the optics table's
+# The particle table's labels follow the optics table's.
 pt = names[names.index("_rlnImageName"):]
 k = pt.index("_rlnClassNumber")
-c = collections.Counter(("s8" if "/s8/" in r[0] or r[0].split("@")[1].startswith("s8") else "s4", r[k]) for r in rows)
+c = collections.Counter(("s8" if "s8/" in r[0] else "s4", r[k]) for r in rows)
 best = max(c[("s8", "1")] + c[("s4", "2")], c[("s8", "2")] + c[("s4", "1")])
 print(f"   two classes: {dict(c)}; right class {best / len(rows):.4f}")
 PY
