@@ -21,7 +21,7 @@
 use crate::band::{k_of_resolution, Band};
 use crate::config::RefineError;
 use crate::maps::power_spectrum;
-use crate::score::{Bank, Prepared, Scoring};
+use crate::score::{bilinear, Bank, Prepared, Scoring};
 use crate::search::{global_level0, shift_grid, BankWork};
 use cryoforge_core::fft::{Fft2, Rfft2, C32};
 use cryoforge_core::Rot3;
@@ -458,17 +458,6 @@ fn padded_spectrum(img: &[f32], d: usize) -> Vec<C32> {
     let mut out = vec![C32::default(); m * m];
     f.forward_complex(&mut w, &buf, &mut out);
     out
-}
-
-#[inline]
-fn bilinear(g: &[C32], side: usize, x: f32, y: f32) -> C32 {
-    let x = x.clamp(0.0, (side - 1) as f32 - 1e-3);
-    let y = y.clamp(0.0, (side - 1) as f32 - 1e-3);
-    let (x0, y0) = (x as usize, y as usize);
-    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-    let at = |xx: usize, yy: usize| g[yy * side + xx];
-    (at(x0, y0) * (1.0 - fx) + at(x0 + 1, y0) * fx) * (1.0 - fy)
-        + (at(x0, y0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1) * fx) * fy
 }
 
 /// New class averages from the weighted samples.

@@ -312,8 +312,9 @@ impl Bank {
     }
 }
 
+/// Bilinear sample of a side × side complex grid at (x, y) (clamped inside it).
 #[inline]
-fn bilinear(g: &[C32], side: usize, x: f32, y: f32) -> C32 {
+pub(crate) fn bilinear(g: &[C32], side: usize, x: f32, y: f32) -> C32 {
     let x = x.clamp(0.0, (side - 1) as f32 - 1e-3);
     let y = y.clamp(0.0, (side - 1) as f32 - 1e-3);
     let (x0, y0) = (x as usize, y as usize);
