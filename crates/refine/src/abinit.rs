@@ -279,7 +279,9 @@ pub fn abinit(
             best = Some((score, s, StartResult { maps, prior }));
         }
     }
-    let (_, chosen_start, StartResult { maps, prior }) = best.expect("at least one start");
+    let Some((_, chosen_start, StartResult { maps, prior })) = best else {
+        return Err(RefineError::Config("--starts 0: at least one start".into()));
+    };
 
     // Final assignment of every particle and gold-standard class maps.
     obs.stage("final assignment of every particle");

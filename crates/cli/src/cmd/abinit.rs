@@ -238,7 +238,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
             &a.sym,
             a.invert,
             a.seed,
-        );
+        )?;
         ctx.say(format!(
             "refining class {} ({} particles) into {}",
             c + 1,

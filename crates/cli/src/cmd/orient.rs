@@ -184,8 +184,11 @@ pub fn write_outputs(
     dirs: Option<&[[f64; 3]]>,
     meta: serde_json::Map<String, serde_json::Value>,
 ) -> Result<serde_json::Value> {
-    let dfsc = rep.dfsc.as_ref().expect("orient keeps the curves");
-    let global = rep.global.as_ref().expect("orient keeps the global FSC");
+    let (Some(dfsc), Some(global)) = (rep.dfsc.as_ref(), rep.global.as_ref()) else {
+        anyhow::bail!(
+            "orientation report without its FSC curves (one read back from orient.json?): nothing written"
+        );
+    };
     // directions.csv
     let mut csv =
         String::from("direction,x,y,z,azimuth_deg,elevation_deg,resolution_0.143_A,resolution_0.5_A,area\n");

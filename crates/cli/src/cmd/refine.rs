@@ -336,7 +336,7 @@ impl Args {
         sym: &str,
         invert: bool,
         seed: u64,
-    ) -> Args {
+    ) -> Result<Args> {
         use clap::{Args as _, FromArgMatches as _};
         let mut argv: Vec<std::ffi::OsString> = vec!["refine".into(), particles.into(), "--reference".into()];
         argv.extend([reference.into(), "--out".into(), out.into(), "--sym".into(), sym.into()]);
@@ -346,7 +346,7 @@ impl Args {
         }
         let m = Args::augment_args(clap::Command::new("refine"))
             .try_get_matches_from(argv)
-            .expect("refine's own arguments parse");
-        Args::from_arg_matches(&m).expect("refine's own arguments parse")
+            .context("building the refine arguments of --then-refine")?;
+        Args::from_arg_matches(&m).context("building the refine arguments of --then-refine")
     }
 }
