@@ -163,3 +163,101 @@ fn class2d_separates_two_structures_and_select_keeps_classes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("rlnClassNumber"));
     assert!(!d.join("x.star").exists());
 }
+
+/// Two structures plus 30 % junk (`simulate --junk`: empty picks, ice, off-centre picks and
+/// aggregates): ≥ 90 % of the junk lands in classes where junk is the majority, and the good
+/// classes keep the two structures apart.
+#[test]
+fn class2d_gathers_junk_in_junk_classes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let strip = |s: String| s.replace("END\n", "");
+    let pdb = d.join("two.pdb");
+    std::fs::write(
+        &pdb,
+        format!(
+            "MODEL        1\n{}ENDMDL\nMODEL        2\n{}ENDMDL\nEND\n",
+            strip(model(&[[0.0; 3]])),
+            strip(model(&[[-19.0, 0.0, 0.0], [19.0, 0.0, 0.0]]))
+        ),
+    )
+    .unwrap();
+    let sim = d.join("sim");
+    ok(&run(&[
+        "simulate",
+        "--models",
+        pdb.to_str().unwrap(),
+        "--n",
+        "2000",
+        "--box",
+        "48",
+        "--apix",
+        "3",
+        "--snr",
+        "0.1",
+        "--shift-a",
+        "4",
+        "--junk",
+        "0.3",
+        "--seed",
+        "5",
+        "--out",
+        sim.to_str().unwrap(),
+        "-q",
+    ]));
+    // Labels from truth.csv: "m0"/"m1" for good particles, the junk kind otherwise.
+    let truth = std::fs::read_to_string(sim.join("truth.csv")).unwrap();
+    let mut lines = truth.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (mc, jc) =
+        (head.iter().position(|h| *h == "model").unwrap(), head.iter().position(|h| *h == "junk").unwrap());
+    let labels: Vec<String> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            if f[jc] == "none" {
+                format!("m{}", f[mc])
+            } else {
+                f[jc].to_string()
+            }
+        })
+        .collect();
+    let kinds: std::collections::HashSet<&str> = labels.iter().map(|s| s.as_str()).collect();
+    for k in ["m0", "m1", "noise", "offcentre", "aggregate", "ice"] {
+        assert!(kinds.contains(k), "no {k} particles");
+    }
+    let out = d.join("c2d");
+    ok(&run(&[
+        "class2d",
+        sim.join("particles.star").to_str().unwrap(),
+        "--classes",
+        "10",
+        "--iterations",
+        "15",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]));
+    let cl = classes(&out.join("particles.star"));
+    assert_eq!(cl.len(), labels.len());
+    let mut per: HashMap<usize, HashMap<&str, usize>> = HashMap::new();
+    for ((_, c), l) in cl.iter().zip(&labels) {
+        *per.entry(*c).or_default().entry(l.as_str()).or_default() += 1;
+    }
+    let (mut junk_in, mut junk_all, mut pure, mut good_all) = (0, 0, 0, 0);
+    for counts in per.values() {
+        let junk: usize = counts.iter().filter(|(k, _)| !k.starts_with('m')).map(|(_, v)| v).sum();
+        let good: usize = counts.iter().filter(|(k, _)| k.starts_with('m')).map(|(_, v)| v).sum();
+        junk_all += junk;
+        good_all += good;
+        if junk > good {
+            junk_in += junk;
+        } else {
+            pure += counts.get("m0").copied().unwrap_or(0).max(counts.get("m1").copied().unwrap_or(0));
+        }
+    }
+    let jf = junk_in as f64 / junk_all as f64;
+    let purity = pure as f64 / good_all as f64;
+    eprintln!("class2d junk: {jf:.3} of the junk in junk classes; good-class purity {purity:.3}; {per:?}");
+    assert!(jf >= 0.9, "junk in junk classes {jf}");
+    assert!(purity >= 0.8, "good-class purity {purity}");
+}

@@ -46,6 +46,7 @@ fn simulate_stack(dir: &Path, snr: f64, m: &Model) -> ParticleStack {
         invert: false,
         model_weights: vec![],
         batch: 256,
+        junk: Default::default(),
     };
     let mut w = MrcStackWriter::create(&path, D, D, APIX as f32).unwrap();
     let src = PoseSource::Random {

@@ -60,6 +60,7 @@ fn settings(n: usize, d: usize, apix: f64, snr: f64) -> SimSettings {
         invert: false,
         model_weights: vec![],
         batch: 256,
+        junk: Default::default(),
     }
 }
 

@@ -83,6 +83,7 @@ fn make(vol: &[f32], n: usize, snr: f64, shift_a: f64, seed: u64) -> Data {
         invert: false,
         model_weights: vec![],
         batch: 256,
+        junk: Default::default(),
     };
     let out = simulate(&Sample::Map(vol.to_vec()), &src, &s, &mut w, &mut |_| {}).unwrap();
     w.finish().unwrap();

@@ -31,6 +31,7 @@ pub mod elements;
 pub mod error;
 pub mod fft3;
 pub mod gaussian_image;
+pub mod junk;
 pub mod morph;
 pub mod project;
 pub mod reference;

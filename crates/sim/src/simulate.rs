@@ -5,7 +5,9 @@
 //! the cryoDRGN-sign CTF with the sign flipped, so particles are protein-bright as RELION
 //! extracts them (`invert` makes them dark). White Gaussian noise of variance
 //! `σ² = var(signal)/SNR` is added, the signal variance pooled over the noise-free
-//! images of the first [`PILOT`] particles (all of them for small sets).
+//! images of the first [`PILOT`] particles (all of them for small sets) that are not junk.
+//! `SimSettings::junk` mixes in junk picks ([`crate::junk`]): their kind is in
+//! [`Truth::junk`] and in truth.csv.
 //!
 //! Every particle draws its pose, CTF, shift, model and noise from its own random streams
 //! (`sampling::particle_rng`), so the output is identical for any thread count.
@@ -14,6 +16,7 @@ use crate::density::{atomic_density, AtomSpec, GaussianModel};
 use crate::elements::Element;
 use crate::error::SimError;
 use crate::gaussian_image::{GaussianImageWork, GaussianImager};
+use crate::junk::{add_ice, aggregate_copies, offcentre_shift_px, JunkKind, JunkSettings};
 use crate::project::{Projector, ProjectorWork, DEFAULT_PAD};
 use crate::sampling::{particle_rng, sample_shift_a, sample_weighted, CtfDistribution, PoseDistribution};
 use cryoforge_core::ctf::CtfGrid;
@@ -83,6 +86,9 @@ pub struct SimSettings {
     /// Relative frequency of each model (uniform when empty).
     pub model_weights: Vec<f64>,
     pub batch: usize,
+    /// Junk picks mixed in (`simulate --junk`; none by default).
+    #[serde(default)]
+    pub junk: JunkSettings,
 }
 
 /// The ground truth of one particle.
@@ -91,6 +97,8 @@ pub struct Truth {
     pub model: usize,
     pub pose: Pose,
     pub ctf: CtfParams,
+    /// What kind of junk the particle is (`None`: a good particle).
+    pub junk: Option<JunkKind>,
 }
 
 /// What a run produced.
@@ -111,6 +119,8 @@ struct Work {
     proj: Option<ProjectorWork>,
     gauss: Option<GaussianImageWork>,
     ctf: Vec<f32>,
+    /// Scratch image (aggregate copies).
+    tmp: Vec<f32>,
 }
 
 impl Renderer {
@@ -156,8 +166,12 @@ impl Renderer {
 
     fn work(&self, d: usize) -> Work {
         match self {
-            Renderer::Volumes(p) => Work { proj: Some(p[0].work()), gauss: None, ctf: vec![0.0; d * d] },
-            Renderer::Gaussians(_, im) => Work { proj: None, gauss: Some(im.work()), ctf: vec![0.0; d * d] },
+            Renderer::Volumes(p) => {
+                Work { proj: Some(p[0].work()), gauss: None, ctf: vec![0.0; d * d], tmp: vec![0.0; d * d] }
+            }
+            Renderer::Gaussians(_, im) => {
+                Work { proj: None, gauss: Some(im.work()), ctf: vec![0.0; d * d], tmp: vec![0.0; d * d] }
+            }
         }
     }
 
@@ -172,6 +186,47 @@ impl Renderer {
                 let gw = w.gauss.as_mut().ok_or(SimError::Input("internal: no Gaussian work".into()))?;
                 im.image(&g[model], &pose.rot, pose.shift_px, Some(&w.ctf), gw, out)
             }
+        }
+    }
+
+    /// The noise-free image of particle `i` with its junk kind applied (ice is added with
+    /// the noise, once the signal level is known).
+    fn render_particle(
+        &self,
+        i: usize,
+        t: &Truth,
+        s: &SimSettings,
+        w: &mut Work,
+        out: &mut [f32],
+    ) -> Result<(), SimError> {
+        match t.junk {
+            Some(JunkKind::Noise) | Some(JunkKind::Ice) => {
+                out.iter_mut().for_each(|v| *v = 0.0);
+                Ok(())
+            }
+            Some(JunkKind::Aggregate) => {
+                let spacing = s.junk.spacing_a.unwrap_or(0.3 * s.box_px as f64 * s.apix_a) / s.apix_a;
+                let (copies, first) = aggregate_copies(s.seed, i, spacing);
+                // A shift t moves the particle by −t (CONVENTIONS rule 5).
+                let p0 = Pose {
+                    rot: t.pose.rot,
+                    shift_px: [t.pose.shift_px[0] - first[0], t.pose.shift_px[1] - first[1]],
+                };
+                self.render(t.model, &p0, w, out)?;
+                let mut tmp = std::mem::take(&mut w.tmp);
+                for (rot, c) in copies {
+                    let pose = Pose { rot, shift_px: [t.pose.shift_px[0] - c[0], t.pose.shift_px[1] - c[1]] };
+                    let r = self.render(t.model, &pose, w, &mut tmp);
+                    if r.is_err() {
+                        w.tmp = tmp;
+                        return r;
+                    }
+                    out.iter_mut().zip(&tmp).for_each(|(o, v)| *o += v);
+                }
+                w.tmp = tmp;
+                Ok(())
+            }
+            Some(JunkKind::Offcentre) | None => self.render(t.model, &t.pose, w, out),
         }
     }
 }
@@ -237,16 +292,31 @@ pub fn translate_models(models: &mut [Model], delta: [f64; 3]) {
 }
 
 fn draw_truth(i: usize, src: &PoseSource, s: &SimSettings, cum: &[f64]) -> Truth {
+    let mut t = draw_particle(i, src, s, cum);
+    t.junk = s.junk.draw(s.seed, i);
+    if t.junk == Some(JunkKind::Offcentre) {
+        let o = offcentre_shift_px(s.seed, i, s.box_px);
+        t.pose.shift_px = [t.pose.shift_px[0] + o[0], t.pose.shift_px[1] + o[1]];
+    }
+    t
+}
+
+fn draw_particle(i: usize, src: &PoseSource, s: &SimSettings, cum: &[f64]) -> Truth {
     let seed = s.seed;
     let model =
         if cum.len() > 1 { sample_weighted(&mut particle_rng(seed, i as u64, RNG_MODEL), cum) } else { 0 };
     match src {
-        PoseSource::Given { poses, ctf } => Truth { model, pose: poses[i], ctf: ctf[i] },
+        PoseSource::Given { poses, ctf } => Truth { model, pose: poses[i], ctf: ctf[i], junk: None },
         PoseSource::Random { poses, ctf, shift_max_a } => {
             let rot: Rot3 = poses.sample(&mut particle_rng(seed, i as u64, RNG_POSE));
             let c = ctf.sample(&mut particle_rng(seed, i as u64, RNG_CTF));
             let t = sample_shift_a(&mut particle_rng(seed, i as u64, RNG_SHIFT), *shift_max_a);
-            Truth { model, pose: Pose { rot, shift_px: [t[0] / s.apix_a, t[1] / s.apix_a] }, ctf: c }
+            Truth {
+                model,
+                pose: Pose { rot, shift_px: [t[0] / s.apix_a, t[1] / s.apix_a] },
+                ctf: c,
+                junk: None,
+            }
         }
     }
 }
@@ -274,6 +344,7 @@ pub fn simulate(
             )));
         }
     }
+    s.junk.check().map_err(SimError::Input)?;
     let renderer = Renderer::build(sample, s)?;
     let nm = renderer.n_models();
     let weights = if s.model_weights.is_empty() { vec![1.0; nm] } else { s.model_weights.clone() };
@@ -304,7 +375,7 @@ pub fn simulate(
                 let t = &truth[start + j];
                 grid.fill(&t.ctf, &mut w.ctf);
                 w.ctf.iter_mut().for_each(|c| *c = -*c);
-                renderer.render(t.model, &t.pose, w, img)?;
+                renderer.render_particle(start + j, t, s, w, img)?;
                 if sign != 1.0 {
                     img.iter_mut().for_each(|v| *v *= sign);
                 }
@@ -318,16 +389,32 @@ pub fn simulate(
     let mut pilot_imgs = vec![0f32; pilot * d * d];
     render_batch(0, &mut pilot_imgs)?;
     // Per-image sums in parallel, added in image order (deterministic).
-    let sums: Vec<(f64, f64)> = pilot_imgs
+    // Junk picks do not count (unless every pilot particle is junk).
+    let sums: Vec<(f64, f64, bool)> = pilot_imgs
         .par_chunks(d * d)
-        .map(|im| im.iter().fold((0.0, 0.0), |(a, b), &v| (a + v as f64, b + (v as f64) * (v as f64))))
+        .enumerate()
+        .map(|(j, im)| {
+            let (a, b) = im.iter().fold((0.0, 0.0), |(a, b), &v| (a + v as f64, b + (v as f64) * (v as f64)));
+            (a, b, truth[j].junk.is_none())
+        })
         .collect();
-    let (s1, s2) = sums.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let cnt = pilot_imgs.len() as f64;
+    let good = sums.iter().any(|x| x.2);
+    let (s1, s2, cnt) = sums
+        .iter()
+        .filter(|x| x.2 || !good)
+        .fold((0.0, 0.0, 0.0), |(a, b, c), (x, y, _)| (a + x, b + y, c + (d * d) as f64));
     let m = s1 / cnt;
     let var = (s2 / cnt - m * m).max(0.0);
     let sigma = if s.snr.is_finite() && s.snr > 0.0 { (var / s.snr).sqrt() } else { 0.0 };
+    let ice_amp = (3.0 * var.sqrt()) as f32;
     let add_noise = |start: usize, out: &mut [f32]| {
+        if s.junk.kinds.contains(&JunkKind::Ice) && s.junk.fraction > 0.0 {
+            out.par_chunks_mut(d * d).enumerate().for_each(|(j, img)| {
+                if truth[start + j].junk == Some(JunkKind::Ice) {
+                    add_ice(s.seed, start + j, d, ice_amp, img);
+                }
+            });
+        }
         if sigma > 0.0 {
             out.par_chunks_mut(d * d).enumerate().for_each(|(j, img)| {
                 let mut r = particle_rng(s.seed, (start + j) as u64, RNG_NOISE);

@@ -28,6 +28,7 @@ fn settings(n: usize, snr: f64, density: DensityKind) -> SimSettings {
         invert: false,
         model_weights: vec![],
         batch: 100,
+        junk: Default::default(),
     }
 }
 
@@ -139,6 +140,7 @@ fn double_buffered_batches_are_deterministic() {
         invert: false,
         model_weights: vec![],
         batch: 64,
+        junk: Default::default(),
     };
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let (a, _) = one.install(|| run(&sample, &random(), &s, &d.path().join("a.mrcs")));
@@ -147,4 +149,59 @@ fn double_buffered_batches_are_deterministic() {
     assert!(a == b, "double-buffered output differs between batch sizes / thread counts");
     let f = MrcFile::open(d.path().join("b.mrcs")).unwrap();
     assert_eq!(f.n_images(), 2300);
+}
+
+/// `--junk`: the drawn fraction and kinds, empty picks without signal, ice and aggregates
+/// with more power than a good particle, off-centre picks away from the centre, and a
+/// noise level set by the good particles only.
+#[test]
+fn junk_kinds_and_noise_level() {
+    use cryoforge_sim::junk::{JunkKind, JunkSettings};
+    let d = tempfile::tempdir().unwrap();
+    let sample = adk();
+    let mut s = settings(1200, f64::INFINITY, DensityKind::Ca);
+    s.junk = JunkSettings { fraction: 0.4, ..Default::default() };
+    let (v, out) = run(&sample, &random(), &s, &d.path().join("j.mrcs"));
+    let n = s.box_px * s.box_px;
+    let of = |k: Option<JunkKind>| -> Vec<usize> { (0..s.n).filter(|&i| out.truth[i].junk == k).collect() };
+    let good = of(None);
+    let f = 1.0 - good.len() as f64 / s.n as f64;
+    assert!((f - 0.4).abs() < 0.05, "junk fraction {f}");
+    let power = |i: usize| v[i * n..(i + 1) * n].iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / n as f64;
+    let mean = |ix: &[usize]| ix.iter().map(|&i| power(i)).sum::<f64>() / ix.len() as f64;
+    let p_good = mean(&good);
+    for k in JunkKind::ALL {
+        assert!(of(Some(k)).len() > 60, "{k:?}: {}", of(Some(k)).len());
+    }
+    assert!(of(Some(JunkKind::Noise)).iter().all(|&i| power(i) == 0.0));
+    assert!(mean(&of(Some(JunkKind::Aggregate))) > 2.0 * p_good);
+    assert!(mean(&of(Some(JunkKind::Ice))) > 5.0 * p_good);
+    // Off-centre picks: the centre of |image| far from the box centre.
+    let h = (s.box_px / 2) as f64;
+    let centre = |i: usize| {
+        let (mut cx, mut cy, mut t) = (0.0, 0.0, 0.0);
+        for (j, &x) in v[i * n..(i + 1) * n].iter().enumerate() {
+            let a = (x as f64).abs();
+            cx += a * ((j % s.box_px) as f64 - h);
+            cy += a * ((j / s.box_px) as f64 - h);
+            t += a;
+        }
+        (cx / t).hypot(cy / t)
+    };
+    let off = of(Some(JunkKind::Offcentre));
+    let c_off = off.iter().map(|&i| centre(i)).sum::<f64>() / off.len() as f64;
+    let c_good = good.iter().map(|&i| centre(i)).sum::<f64>() / good.len() as f64;
+    assert!(c_off > c_good + 3.0, "off-centre {c_off} vs good {c_good}");
+    for &i in &off {
+        let t = out.truth[i].pose.shift_px;
+        // 25 % of the box, less the good particles' own shift (≤ 2 px per axis).
+        assert!(t[0].hypot(t[1]) > 0.25 * s.box_px as f64 - 3.0);
+    }
+
+    // The noise level comes from the good particles: the same σ with or without junk.
+    let (_, clean) = run(&sample, &random(), &settings(1200, 0.1, DensityKind::Ca), &d.path().join("c.mrcs"));
+    s.snr = 0.1;
+    let (_, junky) = run(&sample, &random(), &s, &d.path().join("k.mrcs"));
+    let r = junky.noise_sigma / clean.noise_sigma;
+    assert!((r - 1.0).abs() < 0.05, "noise σ ratio {r}");
 }

@@ -44,6 +44,7 @@ fn analyze_writes_the_contract_files() {
         invert: false,
         model_weights: Vec::new(),
         batch: 64,
+        junk: Default::default(),
     };
     let src = PoseSource::Random {
         poses: PoseDistribution::default(),

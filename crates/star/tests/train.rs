@@ -49,6 +49,7 @@ fn short_training_reduces_rmsd() {
         invert: false,
         model_weights: Vec::new(),
         batch: 128,
+        junk: Default::default(),
     };
     let src = PoseSource::Random {
         poses: PoseDistribution::default(),

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 /// Reference-free 2D classification: expectation–maximisation over K class averages,
 /// in-plane rotations and shifts, with the CTF (as RELION's Class2D), from random classes.
 ///
-/// Use it to throw out junk (noise, ice, off-centre picks, aggregates fall into their own
-/// classes) before ab initio and refinement: look at the gallery in report.html and keep the
+/// Every class has its own noise spectrum (estimated from its members' residuals), so junk
+/// (empty picks, ice, off-centre picks, aggregates: images a class average cannot explain)
+/// gathers in its own classes. Use it to throw out junk before ab initio and refinement: look at the gallery in report.html and keep the
 /// good classes with `cryoforge select OUT/particles.star --classes 1,4,7 -o good.star`.
 ///
 /// Writes OUT/classes.mrcs (the averages, class i in slice i), particles.star (input columns,
@@ -53,6 +54,10 @@ pub struct Args {
     /// Particle diameter of the mask (Å; default 0.75 × the box).
     #[arg(long, value_name = "A")]
     pub particle_diameter_a: Option<f64>,
+    /// Weight, in particles, of the pooled noise spectrum in each class's own noise
+    /// spectrum (`inf`: one noise spectrum for all classes, as RELION).
+    #[arg(long, default_value_t = 20.0, value_name = "N")]
+    pub noise_prior: f64,
     /// Particles are protein-dark (flip their sign).
     #[arg(long)]
     pub invert: bool,
@@ -83,6 +88,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         offset_step_px: a.offset_step_px,
         highres_a: a.highres_a,
         particle_diameter_a: a.particle_diameter_a,
+        noise_prior: a.noise_prior,
         seed: a.seed,
         invert: a.invert,
         ..Default::default()

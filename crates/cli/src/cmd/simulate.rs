@@ -6,6 +6,7 @@ use cryoforge_io::export;
 use cryoforge_io::mrc::{MrcFile, MrcStackWriter};
 use cryoforge_io::pdb::{read_structure, write_pdb, Model, Structure};
 use cryoforge_io::stack::{file_kind, FileKind, ImageRef, LoadOptions, ParticleStack, Pose, Source};
+use cryoforge_sim::junk::{JunkKind, JunkSettings};
 use cryoforge_sim::sampling::{CtfDistribution, PoseDistribution};
 use cryoforge_sim::simulate::{
     anchor_centroid, simulate, translate_models, DensityKind, PoseSource, Sample, SimSettings,
@@ -100,6 +101,13 @@ pub struct Args {
     /// Signal variance / noise variance over the box, pooled over particles; inf = no noise.
     #[arg(long, default_value = "inf")]
     pub snr: f64,
+    /// Fraction of junk picks mixed in (0–1): empty picks (noise), off-centre picks,
+    /// aggregates of 3–5 copies and ice blobs; truth.csv's `junk` column says which.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub junk: f64,
+    /// Kinds of junk drawn with equal probability (comma-separated).
+    #[arg(long, default_value = "noise,offcentre,aggregate,ice", value_name = "KINDS")]
+    pub junk_kinds: String,
     /// Protein-dark particles (flip the sign).
     #[arg(long)]
     pub invert: bool,
@@ -208,6 +216,25 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
             (PoseSource::Random { poses: pose_dist, ctf: ctf_dist, shift_max_a: a.shift_a }, n)
         }
     };
+    let kinds = a
+        .junk_kinds
+        .split(',')
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| {
+            JunkKind::parse(k).ok_or_else(|| {
+                anyhow::anyhow!("--junk-kinds: unknown kind {k:?} (noise, offcentre, aggregate, ice)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Aggregate copies sit 1.5 particle radii apart (the radius of the first model's
+    // anchors about the box centre); for maps 30 % of the box.
+    let spacing_a = models_used.first().and_then(|m| {
+        let a = cryoforge_io::pdb::anchor_atoms(m).ok()?;
+        let r = a.iter().map(|x| x.pos.iter().map(|v| v * v).sum::<f64>().sqrt()).fold(0.0, f64::max);
+        (r > 0.0).then_some(1.5 * r)
+    });
+    let junk = JunkSettings { fraction: a.junk, kinds, spacing_a };
+    junk.check().map_err(anyhow::Error::msg)?;
     if a.snr.is_nan() || a.snr <= 0.0 {
         bail!("--snr {} must be positive (inf for no noise)", a.snr);
     }
@@ -224,6 +251,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
             None => Vec::new(),
         },
         batch: a.batch,
+        junk,
     };
     ensure_dir(&a.out)?;
     let t0 = std::time::Instant::now();
@@ -287,11 +315,11 @@ fn write_metadata(a: &Args, truth: &[cryoforge_sim::simulate::Truth], apix: f64,
     export::write_star(&s, &a.out.join("particles.star"))?;
     export::write_poses_pkl(&s, &a.out.join("poses.pkl"))?;
     export::write_ctf_pkl(&s, &a.out.join("ctf.pkl"))?;
-    let mut csv = String::from("index,model,rot_deg,tilt_deg,psi_deg,shift_x_A,shift_y_A,defocus_u_A,defocus_v_A,defocus_angle_deg\n");
+    let mut csv = String::from("index,model,rot_deg,tilt_deg,psi_deg,shift_x_A,shift_y_A,defocus_u_A,defocus_v_A,defocus_angle_deg,junk\n");
     for (i, t) in truth.iter().enumerate() {
         let e = cryoforge_core::EulerRelion::from_rot(&t.pose.rot);
         csv.push_str(&format!(
-            "{i},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.3},{:.6}\n",
+            "{i},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.3},{:.6},{}\n",
             t.model,
             e.rot_deg,
             e.tilt_deg,
@@ -300,7 +328,8 @@ fn write_metadata(a: &Args, truth: &[cryoforge_sim::simulate::Truth], apix: f64,
             t.pose.shift_px[1] * apix,
             t.ctf.defocus_u_a,
             t.ctf.defocus_v_a,
-            t.ctf.defocus_angle_deg
+            t.ctf.defocus_angle_deg,
+            t.junk.map_or("none", |k| k.name())
         ));
     }
     cryoforge_io::atomic::write_bytes_atomic(&a.out.join("truth.csv"), csv.as_bytes())?;
