@@ -625,7 +625,9 @@ pub fn parse_mmcif(data: &[u8], path: &Path) -> Result<Structure> {
     let start = (0..toks.len()).find(|&i| {
         !toks[i].quoted
             && toks[i].text.eq_ignore_ascii_case("loop_")
-            && toks.get(i + 1).is_some_and(|t| t.text.to_ascii_lowercase().starts_with("_atom_site."))
+            && toks
+                .get(i + 1)
+                .is_some_and(|t| !t.quoted && t.text.to_ascii_lowercase().starts_with("_atom_site."))
     });
     let Some(start) = start else {
         return Err(IoError::file(path, "no _atom_site loop (no atoms)"));
@@ -636,6 +638,9 @@ pub fn parse_mmcif(data: &[u8], path: &Path) -> Result<Structure> {
         let tag = toks[j].text.to_ascii_lowercase();
         tags.push(tag.strip_prefix("_atom_site.").unwrap_or(&tag).to_string());
         j += 1;
+    }
+    if tags.is_empty() {
+        return Err(IoError::line(path, toks[start].line, "the _atom_site loop has no column names"));
     }
     let vstart = j;
     while j < toks.len() && !is_cif_keyword(&toks[j]) {

@@ -43,6 +43,16 @@ fn pdb_seeds_parse() {
     assert_eq!(parse_mmcif(CIF.as_bytes(), Path::new("s")).unwrap().models[0].atom_count(), 2);
 }
 
+/// A quote before the first tag once left the loop without columns (a division by zero,
+/// found by the fuzz test below on CI).
+#[test]
+fn cif_quoted_first_tag_is_an_error() {
+    let text = CIF.replacen("_atom_site.group_PDB", "\"_atom_site.group_PDB", 1);
+    check(text.as_bytes());
+    let e = parse_mmcif(text.as_bytes(), Path::new("f.cif")).unwrap_err().to_string();
+    assert!(e.starts_with("f.cif"), "{e}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, .. ProptestConfig::default() })]
 
