@@ -5,8 +5,9 @@
 # into $OUT/TAG.relion.segK.time. When RELION has converged (run_data.star exists) it scores the
 # result as the main script does and sums wall and CPU time over all segments; a segment cut
 # off mid-iteration loses that iteration, which is not counted (so RELION's total is a lower
-# bound). Segments without a /usr/bin/time record (an interrupted first run) are timed from the
-# modification times of the iteration files and listed in $OUT/TAG.relion.segments.
+# bound). Segments without a /usr/bin/time record (an interrupted first run, or a segment killed
+# with its session) are timed from the modification times of the iteration files and listed as
+# "mtime WALL_S CPU_S" lines in $OUT/TAG.relion.segments.
 #
 #   SETS=uniform nice -n 19 bash bench/relion_continue.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,7 +23,7 @@ for tag in $SETS; do
     if [[ ! -f "$OUT/relion/run_data.star" ]]; then
         last=$(ls "$OUT"/relion/run_it*_optimiser.star 2>/dev/null | sort | tail -1)
         [[ -n "$last" ]] || { echo "no completed RELION iteration in $OUT/relion" >&2; exit 1; }
-        k=$(find "$OUT" -maxdepth 1 -name "$tag.relion.seg*.time" | wc -l)
+        k=$(find "$OUT" -maxdepth 1 -name "$tag.relion.seg*.log" | wc -l)
         k=$((k + 1))
         echo "== $tag: continuing RELION from $(basename "$last") (segment $k)"
         echo "segment $k: continue from $(basename "$last") at $(date -u '+%F %T')" >>"$OUT/$tag.relion.segments"
@@ -34,7 +35,9 @@ for tag in $SETS; do
     cpu=0
     rss=0
     for f in "$OUT"/$tag.relion.seg*.time; do
-        [[ -f "$f" ]] || continue
+        # A segment killed with its session leaves an empty record: it is counted from an
+        # "mtime" line instead (below).
+        [[ -s "$f" ]] && grep -q "Elapsed (wall clock)" "$f" || continue
         wall=$(python3 -c "print($wall + $(time_field "$f" wall_s))")
         cpu=$(python3 -c "print($cpu + $(time_field "$f" cpu_s))")
         rss=$(python3 -c "print(max($rss, $(time_field "$f" rss_mib)))")
