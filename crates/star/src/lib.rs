@@ -39,7 +39,7 @@ pub mod reference;
 pub mod train;
 pub mod volume;
 
-pub use config::{LossWeights, LrSchedule, StarConfig};
+pub use config::{LossWeights, LrSchedule, Preset, StarConfig};
 pub use model::StarModel;
 pub use reference::Reference;
 

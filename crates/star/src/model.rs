@@ -106,6 +106,11 @@ impl StarModel {
         Ok(self.decode(z)?.broadcast_add(&self.reference)?)
     }
 
+    /// The unmoved reference for a batch of `b`, [B, R, 3].
+    pub fn reference_batch(&self, b: usize) -> Result<Tensor> {
+        Ok(self.reference.broadcast_as((b, self.n_res, 3))?.contiguous()?)
+    }
+
     /// Host version of [`Self::structures`]: flat latents (n·zdim) → n·R positions.
     pub fn decode_coords(&self, z: &[f32]) -> Result<Vec<[f32; 3]>> {
         let n = z.len() / self.zdim;

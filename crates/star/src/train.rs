@@ -77,6 +77,113 @@ pub struct Progress {
     pub running: Losses,
 }
 
+/// RMSD-free signs that a run is failing, measured on the same held batches (the first
+/// [`FIT_CHECK_BATCHES`] of epoch 0) before training and at the end (and at a quarter of the
+/// steps, to warn early).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FitCheck {
+    pub step: u64,
+    pub images: usize,
+    /// Correlation loss (−mean correlation, lower is better) of the unmoved reference and of
+    /// the model's structures at z = μ on the same images.
+    pub recon_reference: f64,
+    pub recon_model: f64,
+    /// Largest over latent dimensions of var(μ) over the images ÷ mean posterior variance:
+    /// near 0 when the encoder ignores the images (a collapsed latent).
+    pub latent_signal: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Batches of the fit check (of `batch_size` each, at most the epoch).
+pub const FIT_CHECK_BATCHES: usize = 16;
+
+/// `latent_signal` below this is a collapsed latent.
+const COLLAPSED_LATENT: f64 = 0.01;
+
+impl FitCheck {
+    fn judge(&mut self) {
+        self.warnings.clear();
+        if self.recon_model >= self.recon_reference {
+            self.warnings.push(format!(
+                "at step {}: the deformed structures fit the images no better than the unmoved reference \
+                 (correlation loss {:.6} vs {:.6}); the run is failing: train longer, raise --lr, or check \
+                 the poses, CTF and --invert",
+                self.step, self.recon_model, self.recon_reference
+            ));
+        }
+        if self.latent_signal < COLLAPSED_LATENT {
+            self.warnings.push(format!(
+                "at step {}: the latent has collapsed (var(μ) / posterior variance {:.2e} < {COLLAPSED_LATENT}): \
+                 the encoder ignores the images",
+                self.step, self.latent_signal
+            ));
+        }
+    }
+}
+
+/// Correlation losses of the reference (when `with_reference`) and of the model at z = μ,
+/// and the latent signal, on `batches`.
+#[allow(clippy::too_many_arguments)]
+fn fit_check(
+    model: &StarModel,
+    ren: &Renderer,
+    corr: &CorrelationLoss,
+    mask: &[f32],
+    cfg: &StarConfig,
+    batches: &[cryoforge_nn::data::Batch],
+    amps: &Tensor,
+    sigma: &Tensor,
+    reference_loss: Option<f64>,
+    step: u64,
+    device: &Device,
+) -> Result<FitCheck> {
+    let (mut sum_ref, mut sum_model, mut n) = (0.0, 0.0, 0usize);
+    let mut mus: Vec<f32> = Vec::new();
+    let mut post_var = vec![0.0f64; cfg.zdim];
+    for batch in batches.iter() {
+        let b = batch.len();
+        let mut images = batch.images.clone();
+        let (data, enc_in) = batch_inputs(ren, mask, cfg, &mut images, batch.d, device)?;
+        let (rots, shifts) =
+            batch.pose_tensors(device)?.ok_or_else(|| StarError::msg("batch without poses"))?;
+        let transfer = match &batch.ctf {
+            Some(c) => ren.ctf_transfer(c)?,
+            None => ren.identity_transfer(b)?,
+        };
+        let (mu, logvar) = model.encode(&enc_in)?;
+        let pred = ren.render(&model.structures(&mu)?, amps, sigma, &rots, &shifts, &transfer)?;
+        sum_model += corr.loss(&pred, &data)?.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
+        if reference_loss.is_none() {
+            let pred = ren.render(&model.reference_batch(b)?, amps, sigma, &rots, &shifts, &transfer)?;
+            sum_ref += corr.loss(&pred, &data)?.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
+        }
+        mus.extend(mu.flatten_all()?.to_vec1::<f32>()?);
+        let v: Vec<f32> = logvar.exp()?.flatten_all()?.to_vec1()?;
+        for (i, x) in v.iter().enumerate() {
+            post_var[i % cfg.zdim] += *x as f64;
+        }
+        n += b;
+    }
+    let nf = n.max(1) as f64;
+    let mut latent_signal = 0.0f64;
+    for k in 0..cfg.zdim {
+        let col: Vec<f64> = mus.iter().skip(k).step_by(cfg.zdim).map(|&v| v as f64).collect();
+        let m = col.iter().sum::<f64>() / nf;
+        let var = col.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / nf;
+        latent_signal = latent_signal.max(var / (post_var[k] / nf).max(1e-12));
+    }
+    let mut f = FitCheck {
+        step,
+        images: n,
+        recon_reference: reference_loss.unwrap_or(sum_ref / nf),
+        recon_model: sum_model / nf,
+        latent_signal,
+        warnings: Vec::new(),
+    };
+    f.judge();
+    Ok(f)
+}
+
 /// What a training run did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainOutcome {
@@ -88,6 +195,8 @@ pub struct TrainOutcome {
     pub ref_init_loss: f64,
     pub final_losses: Losses,
     pub lowpass_a: f64,
+    /// The fit check at the end of the run (its warnings were also logged).
+    pub fit_check: FitCheck,
 }
 
 /// Device of the preparation and analysis helpers (statistics, encoding for analysis):
@@ -373,6 +482,8 @@ pub fn train(
         },
     )?;
     let nb = loader.n_batches().max(1) as u64;
+    let held: Vec<cryoforge_nn::data::Batch> =
+        loader.epoch(0).take(FIT_CHECK_BATCHES).collect::<std::result::Result<_, _>>()?;
     let total = cfg.total_steps(n);
     let lr = cfg.lr_at(total);
     let mut step = 0u64;
@@ -408,6 +519,11 @@ pub fn train(
     }
     let mut jsonl = open("metrics.jsonl")?;
 
+    // The reference's loss on the held batches, before any training (on resume too: it
+    // depends only on the data).
+    let check0 = fit_check(&model, &ren, &corr, &mask, cfg, &held, &amps, &sigma, None, step, device)?;
+    let ref_recon = check0.recon_reference;
+    let early = (total / 4).max(1);
     let t0 = Instant::now();
     let mut images = step * cfg.batch_size as u64;
     let mut acc = Losses::default();
@@ -493,6 +609,24 @@ pub fn train(
             if step.is_multiple_of(cfg.checkpoint_every.max(1)) {
                 save_checkpoint(run, &model, &opt, step, &rng)?;
             }
+            if step == early && step < total {
+                let c = fit_check(
+                    &model,
+                    &ren,
+                    &corr,
+                    &mask,
+                    cfg,
+                    &held,
+                    &amps,
+                    &sigma,
+                    Some(ref_recon),
+                    step,
+                    device,
+                )?;
+                for w in &c.warnings {
+                    tracing::warn!("{w}");
+                }
+            }
             on_progress(&Progress {
                 step,
                 total_steps: total,
@@ -504,6 +638,11 @@ pub fn train(
         }
     }
     save_checkpoint(run, &model, &opt, step, &rng)?;
+    let check =
+        fit_check(&model, &ren, &corr, &mask, cfg, &held, &amps, &sigma, Some(ref_recon), step, device)?;
+    for w in &check.warnings {
+        tracing::warn!("{w}");
+    }
     let weights: std::collections::HashMap<String, Tensor> =
         model.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
     let wp = run.join("weights.safetensors");
@@ -521,6 +660,7 @@ pub fn train(
         ref_init_loss: ref_loss,
         final_losses: last,
         lowpass_a: lowpass,
+        fit_check: check,
     })
 }
 
@@ -597,4 +737,31 @@ pub fn encode_stack(model: &StarModel, cfg: &StarConfig, stack: &ParticleStack) 
         i += b;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod fit_check_tests {
+    use super::FitCheck;
+
+    #[test]
+    fn warnings_name_the_failure() {
+        let mut f = FitCheck {
+            step: 10,
+            images: 64,
+            recon_reference: -0.5,
+            recon_model: -0.6,
+            latent_signal: 3.0,
+            ..Default::default()
+        };
+        f.judge();
+        assert!(f.warnings.is_empty());
+        f.recon_model = -0.5;
+        f.judge();
+        assert_eq!(f.warnings.len(), 1);
+        assert!(f.warnings[0].contains("no better than the unmoved reference"), "{}", f.warnings[0]);
+        f.latent_signal = 1e-4;
+        f.judge();
+        assert_eq!(f.warnings.len(), 2);
+        assert!(f.warnings[1].contains("collapsed"));
+    }
 }
