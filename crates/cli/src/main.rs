@@ -49,6 +49,10 @@ enum Command {
     /// cryoSPHERE: train, analyze, toy benchmark.
     Sphere(cmd::sphere::Args),
     Star(cmd::star::Args),
+    /// Cryo-IEF: particle features from a ViT foundation model.
+    Ief(cmd::ief::Args),
+    /// CryoRanker: particle-quality scores.
+    Ranker(cmd::ranker::Args),
 }
 
 fn main() {
@@ -97,6 +101,8 @@ fn main() {
         Command::Morph(a) => cmd::morph::run(a, &ctx),
         Command::Sphere(a) => cmd::sphere::run(a, &ctx),
         Command::Star(a) => cmd::star::run(a, &ctx),
+        Command::Ief(a) => cmd::ief::run(a, &ctx),
+        Command::Ranker(a) => cmd::ranker::run(a, &ctx),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

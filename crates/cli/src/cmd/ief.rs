@@ -1,0 +1,163 @@
+//! `cryoforge ief`: Cryo-IEF particle features.
+
+use crate::common::{ensure_parent, Ctx, ParticleArgs};
+use anyhow::{bail, Result};
+use cryoforge_ief::infer::{self, InferOptions};
+use cryoforge_ief::{load_model, Resample};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Cryo-IEF (paper 001): a ViT foundation model of particle images.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Sub,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Sub {
+    Features(FeaturesArgs),
+}
+
+/// Options shared by the commands that run an encoder over a stack.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Weights (safetensors with the published Cryo-IEF / CryoRanker tensor names, with or
+    /// without the `base_encoder.` prefix; the architecture is read from the shapes).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Attention heads (not stored in the weights; default 12 for widths 768 and 384,
+    /// 3 for 192, width/64 otherwise).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Particles per forward pass (32).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Upsampling of particles smaller than the model's input: spline (the released
+    /// models') or fourier (zero-padding). Larger particles are always Fourier-cropped.
+    #[arg(long, default_value = "spline", value_name = "spline|fourier")]
+    pub resample: String,
+    /// Flip the sign of the images first (the released models take particles as RELION
+    /// and cryoSPARC store them).
+    #[arg(long)]
+    pub invert: bool,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> Result<InferOptions> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be ≥ 1");
+        }
+        Ok(InferOptions {
+            batch_size: self.batch_size,
+            resample: Resample::parse(&self.resample).map_err(|e| anyhow::anyhow!("--resample: {e}"))?,
+            invert: self.invert,
+        })
+    }
+
+    pub fn load(&self, ctx: &Ctx) -> Result<cryoforge_ief::LoadedModel> {
+        let m = load_model(&self.weights, self.heads, &self.device.open()?)?;
+        let c = &m.vit.cfg;
+        ctx.say(format!(
+            "model {}: ViT {}×{} px, patch {}, width {}, {} blocks, {} heads{}{}",
+            self.weights.display(),
+            c.img_size,
+            c.img_size,
+            c.patch,
+            c.embed_dim,
+            c.depth,
+            c.heads,
+            match &m.head {
+                Some(h) => format!(", ranker head {:?}", h.kind),
+                None => String::new(),
+            },
+            if m.unused.is_empty() { String::new() } else { format!(" ({} tensors unused)", m.unused.len()) }
+        ));
+        Ok(m)
+    }
+}
+
+/// L2-normalised CLS features of every particle, as a float16 .npy [N, C] in particle
+/// order (streamed: memory O(batch)).
+///
+/// Examples:
+///   cryoforge ief features particles.star --weights cryo_ief.safetensors -o features.npy
+///   cryoforge ief features J12_particles.cs --weights ranker.safetensors -o f.npy --batch-size 64
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub particles: ParticleArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output .npy (float16).
+    #[arg(short, long, value_name = "NPY")]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
+    match a.cmd {
+        Sub::Features(f) => features(f, ctx),
+    }
+}
+
+/// The .npy header for a little-endian float16 array [n, c].
+pub fn npy_f16_header(n: usize, c: usize) -> Vec<u8> {
+    let mut h = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({n}, {c}), }}");
+    let pad = (64 - (10 + h.len() + 1) % 64) % 64;
+    h.push_str(&" ".repeat(pad));
+    h.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    out
+}
+
+fn features(a: FeaturesArgs, ctx: &Ctx) -> Result<()> {
+    let opts = a.model.options()?;
+    let stack = a.particles.load(ctx)?;
+    if stack.is_empty() {
+        bail!("{}: no particles", a.particles.particles.display());
+    }
+    let model = a.model.load(ctx)?;
+    let c = model.vit.cfg.embed_dim;
+    ensure_parent(&a.out)?;
+    let bar = ctx.progress(stack.len() as u64, "features");
+    let t0 = std::time::Instant::now();
+    let out = a.out.clone();
+    let mut err: Option<anyhow::Error> = None;
+    let r = cryoforge_io::atomic::write_atomic(&a.out, |w| {
+        let io = |e: std::io::Error| cryoforge_io::IoError::os(&out, "write failed", e);
+        w.write_all(&npy_f16_header(stack.len(), c)).map_err(io)?;
+        let res = infer::run(&model, &stack, &opts, |b| {
+            let mut buf = Vec::with_capacity(b.features.len() * 2);
+            for &v in b.features {
+                buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+            w.write_all(&buf)
+                .map_err(|e| cryoforge_ief::IefError::msg(format!("{}: write failed: {e}", out.display())))?;
+            bar.inc(b.len as u64);
+            Ok(())
+        });
+        if let Err(e) = res {
+            err = Some(e.into());
+            return Err(cryoforge_io::IoError::file(&out, "not written: the feature pass failed"));
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    if let Some(e) = err {
+        return Err(e);
+    }
+    r?;
+    let dt = t0.elapsed().as_secs_f64();
+    ctx.done(format!(
+        "features of {} particles ({c} dims, float16) in {dt:.1} s ({:.1}/s): wrote {}",
+        stack.len(),
+        stack.len() as f64 / dt.max(1e-9),
+        a.out.display()
+    ));
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! `cryoforge ief features` and `ranker score` on simulated particles with the committed
+//! tiny ViT fixture (crates/ief/tests/fixtures/tiny_vit, 28 px input, 4 heads).
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ief/tests/fixtures/tiny_vit").join(name)
+}
+
+fn demo_pdb() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/demo/adk_closed.pdb")
+}
+
+#[test]
+fn ranker_score_and_features() {
+    let d = tempfile::tempdir().unwrap();
+    let sim = d.path().join("sim");
+    let (pdb, simd) = (demo_pdb(), sim.to_str().unwrap().to_string());
+    ok(&run(&[
+        "-q",
+        "simulate",
+        "--models",
+        pdb.to_str().unwrap(),
+        "--n",
+        "12",
+        "--box",
+        "40",
+        "--apix",
+        "3",
+        "--snr",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        &simd,
+    ]));
+    let star = sim.join("particles.star");
+    let w = fixture("weights.safetensors");
+    let out = d.path().join("ranked");
+    ok(&run(&[
+        "-q",
+        "ranker",
+        "score",
+        star.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--heads",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+        "--top",
+        "5,12",
+    ]));
+    let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    let scores: Vec<f64> =
+        csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(scores.len(), 12);
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+    assert!(scores.iter().any(|&s| (s - scores[0]).abs() > 1e-6), "all particles got one score: {scores:?}");
+    let count = |p: &Path| std::fs::read_to_string(p).unwrap().lines().filter(|l| l.contains('@')).count();
+    assert_eq!(count(&out.join("top_5.star")), 5);
+    assert_eq!(count(&out.join("top_12.star")), 12);
+    assert_eq!(count(&out.join("particles_scored.star")), 12);
+    // Sorted: the first row holds the best score; the top-5 subset holds the five best.
+    let sorted = std::fs::read_to_string(out.join("particles_sorted.star")).unwrap();
+    assert!(sorted.contains("_rlnCryoRankerScore"));
+    let mut best = scores.clone();
+    best.sort_by(|a, b| b.total_cmp(a));
+    let top5 = std::fs::read_to_string(out.join("top_5.star")).unwrap();
+    for s in &best[..5] {
+        assert!(top5.contains(&format!("{s:.6}")), "top_5 lacks {s}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["particles"], 12);
+
+    // Features: float16 [12, 32], unit rows.
+    let f = d.path().join("f.npy");
+    ok(&run(&[
+        "-q",
+        "ief",
+        "features",
+        star.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--heads",
+        "4",
+        "-o",
+        f.to_str().unwrap(),
+        "--batch-size",
+        "5",
+    ]));
+    let b = std::fs::read(&f).unwrap();
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
+    assert!(header.contains("'<f2'") && header.contains("(12, 32)"), "{header}");
+    let data = &b[10 + hl..];
+    assert_eq!(data.len(), 12 * 32 * 2);
+    for row in data.chunks_exact(64) {
+        let n2: f32 =
+            row.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().powi(2)).sum();
+        assert!((n2 - 1.0).abs() < 2e-3, "row norm² {n2}");
+    }
+
+    // Errors: an encoder without a head, a bad --top, weights of another architecture.
+    let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    t.retain(|k, _| !k.starts_with("head."));
+    let enc = d.path().join("enc.safetensors");
+    candle_core::safetensors::save(&t, &enc).unwrap();
+    fails_with(
+        &run(&[
+            "ranker",
+            "score",
+            star.to_str().unwrap(),
+            "--weights",
+            enc.to_str().unwrap(),
+            "--heads",
+            "4",
+            "--out",
+            d.path().join("x").to_str().unwrap(),
+        ]),
+        &["enc.safetensors", "no ranker head"],
+    );
+    fails_with(
+        &run(&[
+            "ranker",
+            "score",
+            star.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--top",
+            "13",
+            "--out",
+            d.path().join("y").to_str().unwrap(),
+        ]),
+        &["--top 13"],
+    );
+    fails_with(
+        &run(&[
+            "ief",
+            "features",
+            star.to_str().unwrap(),
+            "--weights",
+            pdb.to_str().unwrap(),
+            "-o",
+            d.path().join("z.npy").to_str().unwrap(),
+        ]),
+        &["adk_closed.pdb", "safetensors"],
+    );
+    assert!(!d.path().join("z.npy").exists());
+}
