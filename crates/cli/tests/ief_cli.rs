@@ -104,6 +104,33 @@ fn ranker_score_and_features() {
         assert!((n2 - 1.0).abs() < 2e-3, "row norm² {n2}");
     }
 
+    // k-NN against the simulation's model column (one model: every query right) and
+    // a length mismatch.
+    let truth = sim.join("truth.csv");
+    let o = run(&[
+        "ief",
+        "knn",
+        f.to_str().unwrap(),
+        "--labels",
+        truth.to_str().unwrap(),
+        "--column",
+        "model",
+        "--json",
+    ]);
+    ok(&o);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["accuracy"], 1.0);
+    fails_with(
+        &run(&["ief", "knn", f.to_str().unwrap(), "--labels", truth.to_str().unwrap(), "--column", "nope"]),
+        &["truth.csv", "no column \"nope\""],
+    );
+    let short = d.path().join("short.csv");
+    std::fs::write(&short, "model\n0\n0\n").unwrap();
+    fails_with(
+        &run(&["ief", "knn", f.to_str().unwrap(), "--labels", short.to_str().unwrap(), "--column", "model"]),
+        &["2 labels", "12 feature rows"],
+    );
+
     // Errors: an encoder without a head, a bad --top, weights of another architecture.
     let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
     t.retain(|k, _| !k.starts_with("head."));

@@ -12,6 +12,7 @@
 
 pub mod head;
 pub mod infer;
+pub mod knn;
 pub mod preprocess;
 pub mod vit;
 pub mod weights;

@@ -1,7 +1,7 @@
 //! `cryoforge ief`: Cryo-IEF particle features.
 
 use crate::common::{ensure_parent, Ctx, ParticleArgs};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use cryoforge_ief::infer::{self, InferOptions};
 use cryoforge_ief::{load_model, Resample};
 use std::io::Write;
@@ -16,7 +16,41 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Sub {
-    Features(FeaturesArgs),
+    Features(Box<FeaturesArgs>),
+    Knn(KnnArgs),
+}
+
+/// k-NN accuracy of features against labels (the paper's test of the foundation model):
+/// particles split at random into references and queries, each query labelled by its k
+/// nearest references (cosine similarity).
+///
+/// Labels: a column of a CSV with a header (e.g. `simulate`'s truth.csv: model, junk) or of
+/// a STAR's particle table (e.g. rlnClassNumber), one row per particle in feature order.
+///
+/// Examples:
+///   cryoforge ief knn features.npy --labels sim/truth.csv --column model
+///   cryoforge ief knn features.npy --labels particles.star --column rlnClassNumber --k 5 --json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct KnnArgs {
+    /// Features (.npy [N, C], any float type).
+    pub features: PathBuf,
+    /// CSV or STAR file with the labels.
+    #[arg(long, value_name = "FILE")]
+    pub labels: PathBuf,
+    /// The label column.
+    #[arg(long, value_name = "NAME")]
+    pub column: String,
+    #[arg(long, default_value_t = 1)]
+    pub k: usize,
+    /// Fraction of the particles used as queries.
+    #[arg(long, default_value_t = 0.5)]
+    pub query_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by the commands that run an encoder over a stack.
@@ -99,8 +133,72 @@ pub struct FeaturesArgs {
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
-        Sub::Features(f) => features(f, ctx),
+        Sub::Features(f) => features(*f, ctx),
+        Sub::Knn(k) => knn(k, ctx),
     }
+}
+
+/// One label per row of a CSV (with a header) or a STAR's particle table.
+pub fn read_labels(path: &std::path::Path, column: &str) -> Result<Vec<String>> {
+    let is_star = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("star"));
+    if is_star {
+        let rp = cryoforge_io::star::RelionParticles::read(path)?;
+        let t = rp.particles();
+        let col = column.strip_prefix('_').unwrap_or(column);
+        if !t.has_column(col) {
+            bail!("{}: no column {col} in the particle table", path.display());
+        }
+        return Ok(t.column_str(col)?.into_iter().map(|s| s.to_string()).collect());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').map(str::trim).collect();
+    let Some(ci) = header.iter().position(|h| *h == column) else {
+        bail!("{}: line 1: no column {column:?} (columns: {})", path.display(), header.join(", "));
+    };
+    let mut out = Vec::new();
+    for (i, l) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = l.split(',').collect();
+        let v = f.get(ci).ok_or_else(|| {
+            anyhow::anyhow!("{}: line {}: {} fields, no column {column:?}", path.display(), i + 2, f.len())
+        })?;
+        out.push(v.trim().to_string());
+    }
+    Ok(out)
+}
+
+fn knn(a: KnnArgs, ctx: &Ctx) -> Result<()> {
+    let f = cryoforge_io::npy::read_npy(&a.features)?;
+    if f.shape.len() != 2 {
+        bail!("{}: features of shape {:?}, expected [N, C]", a.features.display(), f.shape);
+    }
+    let labels = read_labels(&a.labels, &a.column)?;
+    if labels.len() != f.shape[0] {
+        bail!(
+            "{} has {} labels but {} has {} feature rows",
+            a.labels.display(),
+            labels.len(),
+            a.features.display(),
+            f.shape[0]
+        );
+    }
+    let r = cryoforge_ief::knn::knn_accuracy(&f.data, f.shape[1], &labels, a.k, a.query_fraction, a.seed)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    for (l, n, ok) in &r.per_label {
+        ctx.say(format!("  {}: {ok}/{n} ({:.1} %)", l, 100.0 * *ok as f64 / (*n).max(1) as f64));
+    }
+    ctx.done(format!(
+        "k-NN (k = {}) accuracy {:.2} % on {} queries against {} references ({} labels of {})",
+        r.k,
+        100.0 * r.accuracy,
+        r.queries,
+        r.references,
+        r.per_label.len(),
+        a.column
+    ));
+    Ok(())
 }
 
 /// The .npy header for a little-endian float16 array [n, c].
