@@ -31,10 +31,26 @@ pub enum JunkKind {
     Offcentre,
     Aggregate,
     Ice,
+    /// A particle on a carbon edge: a blurred step of 3× the signal's standard deviation
+    /// across the box, at most a quarter box from the centre.
+    Carbon,
+    /// A particle imaged at a defocus 2–4× the one its metadata states (a failed CTF fit).
+    #[serde(rename = "wrong-defocus")]
+    WrongDefocus,
 }
 
 impl JunkKind {
+    /// The default kinds of `--junk`.
     pub const ALL: [JunkKind; 4] = [JunkKind::Noise, JunkKind::Offcentre, JunkKind::Aggregate, JunkKind::Ice];
+    /// Every kind (`--junk-kinds all`).
+    pub const EVERY: [JunkKind; 6] = [
+        JunkKind::Noise,
+        JunkKind::Offcentre,
+        JunkKind::Aggregate,
+        JunkKind::Ice,
+        JunkKind::Carbon,
+        JunkKind::WrongDefocus,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,11 +58,20 @@ impl JunkKind {
             JunkKind::Offcentre => "offcentre",
             JunkKind::Aggregate => "aggregate",
             JunkKind::Ice => "ice",
+            JunkKind::Carbon => "carbon",
+            JunkKind::WrongDefocus => "wrong-defocus",
         }
     }
 
     pub fn parse(s: &str) -> Option<JunkKind> {
-        JunkKind::ALL.into_iter().find(|k| k.name() == s.trim().to_ascii_lowercase())
+        let s = s.trim().to_ascii_lowercase().replace('_', "-");
+        JunkKind::EVERY.into_iter().find(|k| k.name() == s)
+    }
+
+    /// The defocus factor of a wrong-defocus particle (2–4).
+    pub fn defocus_factor(seed: u64, i: usize) -> f64 {
+        let mut r = particle_rng(seed, i as u64, RNG_JUNK + 400);
+        2.0 + 2.0 * r.gen::<f64>()
     }
 }
 
@@ -73,7 +98,10 @@ impl JunkSettings {
             return Err(format!("--junk {}: a fraction in [0, 1)", self.fraction));
         }
         if self.fraction > 0.0 && self.kinds.is_empty() {
-            return Err("--junk-kinds: give at least one of noise, offcentre, aggregate, ice".into());
+            return Err(
+                "--junk-kinds: give at least one of noise, offcentre, aggregate, ice, carbon, wrong-defocus"
+                    .into(),
+            );
         }
         if let Some(s) = self.spacing_a {
             if !(s.is_finite() && s > 0.0) {
@@ -154,6 +182,29 @@ pub fn add_ice(seed: u64, i: usize, d: usize, amplitude: f32, img: &mut [f32]) {
     }
 }
 
+/// Add a carbon edge of standard deviation ≈ `amplitude` to `img`: a step (smoothed over
+/// 2 % of the box) along a random line within a quarter box of the centre.
+pub fn add_carbon_edge(seed: u64, i: usize, d: usize, amplitude: f32, img: &mut [f32]) {
+    let mut r = particle_rng(seed, i as u64, RNG_JUNK + 500);
+    let a = r.gen::<f64>() * std::f64::consts::TAU;
+    let off = (r.gen::<f64>() - 0.5) * 0.5 * d as f64;
+    let w = (0.02 * d as f64).max(0.5);
+    let (nx, ny) = (a.cos(), a.sin());
+    let c = d as f64 / 2.0;
+    let field: Vec<f64> = (0..d * d)
+        .map(|k| {
+            let (x, y) = ((k % d) as f64 - c, (k / d) as f64 - c);
+            0.5 * (1.0 + ((x * nx + y * ny - off) / w).tanh())
+        })
+        .collect();
+    let m = field.iter().sum::<f64>() / field.len() as f64;
+    let var = field.iter().map(|v| (v - m).powi(2)).sum::<f64>() / field.len() as f64;
+    let k = if var > 0.0 { amplitude as f64 / var.sqrt() } else { 0.0 };
+    for (o, f) in img.iter_mut().zip(&field) {
+        *o += ((f - m) * k) as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +245,18 @@ mod tests {
         add_ice(1, 0, 32, 2.0, &mut img);
         let v = img.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / img.len() as f64;
         assert!((v.sqrt() - 2.0).abs() < 1e-3, "{v}");
+        for i in 0..20 {
+            let mut img = vec![0f32; 32 * 32];
+            add_carbon_edge(1, i, 32, 2.0, &mut img);
+            let v = img.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / img.len() as f64;
+            assert!((v.sqrt() - 2.0).abs() < 1e-3, "{v}");
+            // A step: the two sides differ by far more than the smoothing.
+            let (lo, hi) = img.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            assert!(hi - lo > 3.0, "{lo} {hi}");
+            let f = JunkKind::defocus_factor(1, i);
+            assert!((2.0..=4.0).contains(&f));
+        }
+        assert_eq!(JunkKind::parse("wrong_defocus"), Some(JunkKind::WrongDefocus));
+        assert_eq!(JunkKind::parse("Carbon"), Some(JunkKind::Carbon));
     }
 }

@@ -16,7 +16,7 @@ use crate::density::{atomic_density, AtomSpec, GaussianModel};
 use crate::elements::Element;
 use crate::error::SimError;
 use crate::gaussian_image::{GaussianImageWork, GaussianImager};
-use crate::junk::{add_ice, aggregate_copies, offcentre_shift_px, JunkKind, JunkSettings};
+use crate::junk::{add_carbon_edge, add_ice, aggregate_copies, offcentre_shift_px, JunkKind, JunkSettings};
 use crate::project::{Projector, ProjectorWork, DEFAULT_PAD};
 use crate::sampling::{particle_rng, sample_shift_a, sample_weighted, CtfDistribution, PoseDistribution};
 use cryoforge_core::ctf::CtfGrid;
@@ -226,7 +226,9 @@ impl Renderer {
                 w.tmp = tmp;
                 Ok(())
             }
-            Some(JunkKind::Offcentre) | None => self.render(t.model, &t.pose, w, out),
+            Some(JunkKind::Offcentre) | Some(JunkKind::Carbon) | Some(JunkKind::WrongDefocus) | None => {
+                self.render(t.model, &t.pose, w, out)
+            }
         }
     }
 }
@@ -373,7 +375,16 @@ pub fn simulate(
             || renderer.work(d),
             |w, (j, img)| {
                 let t = &truth[start + j];
-                grid.fill(&t.ctf, &mut w.ctf);
+                if t.junk == Some(JunkKind::WrongDefocus) {
+                    // Imaged at another defocus than the metadata (truth) states.
+                    let f = JunkKind::defocus_factor(s.seed, start + j);
+                    let mut c = t.ctf;
+                    c.defocus_u_a *= f;
+                    c.defocus_v_a *= f;
+                    grid.fill(&c, &mut w.ctf);
+                } else {
+                    grid.fill(&t.ctf, &mut w.ctf);
+                }
                 w.ctf.iter_mut().for_each(|c| *c = -*c);
                 renderer.render_particle(start + j, t, s, w, img)?;
                 if sign != 1.0 {
@@ -408,11 +419,11 @@ pub fn simulate(
     let sigma = if s.snr.is_finite() && s.snr > 0.0 { (var / s.snr).sqrt() } else { 0.0 };
     let ice_amp = (3.0 * var.sqrt()) as f32;
     let add_noise = |start: usize, out: &mut [f32]| {
-        if s.junk.kinds.contains(&JunkKind::Ice) && s.junk.fraction > 0.0 {
-            out.par_chunks_mut(d * d).enumerate().for_each(|(j, img)| {
-                if truth[start + j].junk == Some(JunkKind::Ice) {
-                    add_ice(s.seed, start + j, d, ice_amp, img);
-                }
+        if s.junk.fraction > 0.0 {
+            out.par_chunks_mut(d * d).enumerate().for_each(|(j, img)| match truth[start + j].junk {
+                Some(JunkKind::Ice) => add_ice(s.seed, start + j, d, ice_amp, img),
+                Some(JunkKind::Carbon) => add_carbon_edge(s.seed, start + j, d, ice_amp, img),
+                _ => {}
             });
         }
         if sigma > 0.0 {

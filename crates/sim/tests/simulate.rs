@@ -205,3 +205,45 @@ fn junk_kinds_and_noise_level() {
     let r = junky.noise_sigma / clean.noise_sigma;
     assert!((r - 1.0).abs() < 0.05, "noise σ ratio {r}");
 }
+
+#[test]
+fn carbon_edge_and_wrong_defocus_junk() {
+    use cryoforge_sim::junk::{JunkKind, JunkSettings};
+    let d = tempfile::tempdir().unwrap();
+    let sample = adk();
+    let mut s = settings(300, f64::INFINITY, DensityKind::Ca);
+    s.junk = JunkSettings {
+        fraction: 0.5,
+        kinds: vec![JunkKind::Carbon, JunkKind::WrongDefocus],
+        ..Default::default()
+    };
+    let (v, out) = run(&sample, &random(), &s, &d.path().join("j.mrcs"));
+    // The same particles without junk: identical poses and CTFs (junk draws use their own stream).
+    let clean_s = settings(300, f64::INFINITY, DensityKind::Ca);
+    let (c, _) = run(&sample, &random(), &clean_s, &d.path().join("c.mrcs"));
+    let n = s.box_px * s.box_px;
+    let diff = |i: usize| {
+        let (a, b) = (&v[i * n..(i + 1) * n], &c[i * n..(i + 1) * n]);
+        let e: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let p: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+        e / p.max(1e-30)
+    };
+    let (mut nc, mut nw) = (0, 0);
+    for (i, t) in out.truth.iter().enumerate() {
+        match t.junk {
+            None => assert!(diff(i) < 1e-10, "good particle {i} changed"),
+            // A step of 3× the signal's sd: far more power than the particle.
+            Some(JunkKind::Carbon) => {
+                nc += 1;
+                assert!(diff(i) > 3.0, "carbon {i}: {}", diff(i));
+            }
+            // Same particle, other CTF: clearly different, similar power.
+            Some(JunkKind::WrongDefocus) => {
+                nw += 1;
+                assert!(diff(i) > 0.2, "wrong defocus {i}: {}", diff(i));
+            }
+            Some(k) => panic!("kind {k:?} not asked for"),
+        }
+    }
+    assert!(nc > 40 && nw > 40, "{nc} carbon, {nw} wrong-defocus");
+}

@@ -101,11 +101,14 @@ pub struct Args {
     /// Signal variance / noise variance over the box, pooled over particles; inf = no noise.
     #[arg(long, default_value = "inf")]
     pub snr: f64,
-    /// Fraction of junk picks mixed in (0–1): empty picks (noise), off-centre picks,
-    /// aggregates of 3–5 copies and ice blobs; truth.csv's `junk` column says which.
+    /// Fraction of junk picks mixed in (0–1): empty picks (noise), off-centre (partial)
+    /// picks, aggregates of 3–5 copies and ice blobs by default; truth.csv's `junk` column
+    /// says which.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub junk: f64,
-    /// Kinds of junk drawn with equal probability (comma-separated).
+    /// Kinds of junk drawn with equal probability (comma-separated): noise, offcentre,
+    /// aggregate, ice, carbon (a carbon edge across the particle), wrong-defocus (imaged at
+    /// 2–4× the stated defocus), or all.
     #[arg(long, default_value = "noise,offcentre,aggregate,ice", value_name = "KINDS")]
     pub junk_kinds: String,
     /// Protein-dark particles (flip the sign).
@@ -216,16 +219,21 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
             (PoseSource::Random { poses: pose_dist, ctf: ctf_dist, shift_max_a: a.shift_a }, n)
         }
     };
-    let kinds = a
-        .junk_kinds
-        .split(',')
-        .filter(|k| !k.trim().is_empty())
-        .map(|k| {
-            JunkKind::parse(k).ok_or_else(|| {
-                anyhow::anyhow!("--junk-kinds: unknown kind {k:?} (noise, offcentre, aggregate, ice)")
+    let kinds = if a.junk_kinds.trim().eq_ignore_ascii_case("all") {
+        JunkKind::EVERY.to_vec()
+    } else {
+        a.junk_kinds
+            .split(',')
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                JunkKind::parse(k).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--junk-kinds: unknown kind {k:?} (noise, offcentre, aggregate, ice, carbon, wrong-defocus, all)"
+                    )
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?
+    };
     // Aggregate copies sit 1.5 particle radii apart (the radius of the first model's
     // anchors about the box centre); for maps 30 % of the box.
     let spacing_a = models_used.first().and_then(|m| {
