@@ -75,6 +75,10 @@ fn ranker_score_and_features() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["particles"], 12);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Score distribution") && html.contains("Best and worst particles"));
+    assert!(!html.contains("class=\"warn\""), "report has warnings");
+    assert_eq!(html.matches("<img ").count(), 2);
 
     // Features: float16 [12, 32], unit rows.
     let f = d.path().join("f.npy");

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 mod abinit;
 mod class2d;
 mod orient;
+mod ranker;
 mod refine;
 
 /// A built report.
@@ -39,6 +40,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Orient => b.orient(dir, ""),
         DirKind::Abinit => b.abinit(dir, ""),
         DirKind::Class2d => b.class2d(dir, ""),
+        DirKind::Ranker => b.ranker(dir, ""),
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
@@ -733,6 +735,7 @@ impl Builder {
                 Ok(DirKind::Orient) => out.extend(self.orient(&sd, &name)),
                 Ok(DirKind::Abinit) => out.extend(self.abinit(&sd, &name)),
                 Ok(DirKind::Class2d) => out.extend(self.class2d(&sd, &name)),
+                Ok(DirKind::Ranker) => out.extend(self.ranker(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
                 Ok(DirKind::Demo) | Err(_) => {}

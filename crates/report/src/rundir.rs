@@ -33,6 +33,8 @@ pub enum DirKind {
     Abinit,
     /// `cryoforge class2d` output: summary.json + classes.mrcs.
     Class2d,
+    /// `cryoforge ranker score` output: summary.json + scores.csv.
+    Ranker,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
     Run,
     /// `cryoforge simulate` output: particles.mrcs + truth.csv + run.toml.
@@ -50,6 +52,7 @@ impl DirKind {
             DirKind::Orient => "orientation diagnostics",
             DirKind::Abinit => "ab initio reconstruction",
             DirKind::Class2d => "2D classification",
+            DirKind::Ranker => "particle ranking",
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
@@ -77,6 +80,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     if dir.join("classes.mrcs").is_file() && dir.join("summary.json").is_file() {
         return Ok(DirKind::Class2d);
     }
+    if dir.join("scores.csv").is_file() && dir.join("summary.json").is_file() {
+        return Ok(DirKind::Ranker);
+    }
     if dir.join("classes.csv").is_file() && dir.join("summary.json").is_file() {
         return Ok(DirKind::Abinit);
     }
@@ -99,7 +105,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv (ranker score)",
     ))
 }
 

@@ -27,7 +27,8 @@ pub enum Sub {
 /// Writes DIR/scores.csv (index, image, score; particle order), DIR/particles_scored.star
 /// (the input's columns + rlnCryoRankerScore), DIR/particles_sorted.star (best first),
 /// DIR/top_N.star for each --top N (and top_N.cs when the input is a cryoSPARC .cs),
-/// DIR/summary.json (counts, mean, histogram in 20 bins).
+/// DIR/summary.json (counts, mean, histogram in 20 bins), DIR/examples.npy/.csv (the 8 best
+/// and 8 worst particles) and DIR/report.html (score histogram, best and worst particles).
 ///
 /// Examples:
 ///   cryoforge ranker score particles.star --weights cryoranker.safetensors --out ranked/
@@ -113,6 +114,23 @@ fn score(a: ScoreArgs, ctx: &Ctx) -> Result<()> {
             export::write_cs(&sub, &a.out.join(format!("top_{t}.cs")))?;
         }
     }
+    // The best and worst particles as stored, for the report.
+    let kb = n.min(8);
+    let kw = (n - kb).min(8);
+    let d = stack.box_px()?;
+    let mut ex = vec![0f32; (kb + kw) * d * d];
+    let mut ex_csv = String::from("kind,index,score\n");
+    let picks: Vec<(&str, usize)> = order[..kb]
+        .iter()
+        .map(|&i| ("best", i))
+        .chain(order[n - kw..].iter().rev().map(|&i| ("worst", i)))
+        .collect();
+    for (j, (kind, i)) in picks.iter().enumerate() {
+        stack.read_image(*i, &mut ex[j * d * d..(j + 1) * d * d])?;
+        let _ = writeln!(ex_csv, "{kind},{i},{:.4}", scores[*i]);
+    }
+    cryoforge_io::npy::write_npy_f32(a.out.join("examples.npy"), &[kb + kw, d, d], &ex)?;
+    cryoforge_io::atomic::write_bytes_atomic(&a.out.join("examples.csv"), ex_csv.as_bytes())?;
     let mut hist = [0usize; 20];
     for &s in &scores {
         hist[((s.clamp(0.0, 1.0) * 20.0) as usize).min(19)] += 1;
@@ -132,6 +150,9 @@ fn score(a: ScoreArgs, ctx: &Ctx) -> Result<()> {
             "particles_per_s": n as f64 / dt.max(1e-9),
         }),
     )?;
+    if let Err(e) = crate::cmd::report::write(&a.out, &a.out.join("report.html")) {
+        ctx.say(format!("warning: report.html not written: {e}"));
+    }
     ctx.done(format!(
         "scored {n} particles in {dt:.1} s ({:.1}/s), mean score {mean:.3}: wrote {}",
         n as f64 / dt.max(1e-9),
