@@ -33,7 +33,7 @@ pub enum DirKind {
     Abinit,
     /// `cryoforge class2d` output: summary.json + classes.mrcs.
     Class2d,
-    /// `cryoforge ranker score` output: summary.json + scores.csv.
+    /// `cryoforge ranker score` output: summary.json + scores.csv + particles_scored.star.
     Ranker,
     /// A cryoSTAR / cryoSPHERE training run: run.toml with a `[run]` table.
     Run,
@@ -80,7 +80,11 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     if dir.join("classes.mrcs").is_file() && dir.join("summary.json").is_file() {
         return Ok(DirKind::Class2d);
     }
-    if dir.join("scores.csv").is_file() && dir.join("summary.json").is_file() {
+    // (refine folders have a scores.csv too)
+    if dir.join("scores.csv").is_file()
+        && dir.join("particles_scored.star").is_file()
+        && dir.join("summary.json").is_file()
+    {
         return Ok(DirKind::Ranker);
     }
     if dir.join("classes.csv").is_file() && dir.join("summary.json").is_file() {
@@ -105,7 +109,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv (ranker score)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv + particles_scored.star (ranker score)",
     ))
 }
 
