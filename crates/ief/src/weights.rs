@@ -159,21 +159,26 @@ pub fn load_model(path: &Path, heads: Option<usize>, dev: &Device) -> Result<Loa
     let cfg = infer_config(&t, heads, path)?;
     cfg.check().map_err(|e| IefError::msg(format!("{}: {e}", path.display())))?;
     let mut map: HashMap<String, Tensor> = HashMap::new();
-    for (name, shape) in expected_tensors(&cfg) {
-        let x = t.get(&name).ok_or_else(|| {
+    // Each expected tensor by name and shape, onto the device as f32.
+    let mut take = |name: &str, shape: &[usize]| -> Result<()> {
+        let x = t.get(name).ok_or_else(|| {
             IefError::msg(format!(
                 "{}: tensor {prefix}{name} missing (expected shape {shape:?})",
                 path.display()
             ))
         })?;
-        if x.dims() != shape.as_slice() {
+        if x.dims() != shape {
             return Err(IefError::msg(format!(
                 "{}: tensor {prefix}{name} has shape {:?}, expected {shape:?}",
                 path.display(),
                 x.dims()
             )));
         }
-        map.insert(name, x.to_dtype(DType::F32)?.to_device(dev)?);
+        map.insert(name.to_string(), x.to_dtype(DType::F32)?.to_device(dev)?);
+        Ok(())
+    };
+    for (name, shape) in expected_tensors(&cfg) {
+        take(&name, &shape)?;
     }
     // The head: v1.5 (LayerNorm + 1 output) or v1 (2 outputs).
     let c = cfg.embed_dim;
@@ -206,20 +211,7 @@ pub fn load_model(path: &Path, heads: Option<usize>, dev: &Device) -> Result<Loa
         _ => None,
     };
     for (name, shape) in &head_names {
-        let x = t.get(name).ok_or_else(|| {
-            IefError::msg(format!(
-                "{}: tensor {prefix}{name} missing (expected shape {shape:?})",
-                path.display()
-            ))
-        })?;
-        if x.dims() != shape.as_slice() {
-            return Err(IefError::msg(format!(
-                "{}: tensor {prefix}{name} has shape {:?}, expected {shape:?}",
-                path.display(),
-                x.dims()
-            )));
-        }
-        map.insert(name.clone(), x.to_dtype(DType::F32)?.to_device(dev)?);
+        take(name, shape)?;
     }
     for k in t.keys() {
         if !map.contains_key(k) && !k.ends_with("num_batches_tracked") {
