@@ -16,6 +16,9 @@ impl Ctx {
     /// The final line of a command: where the results are. Printed even with --quiet, on
     /// stderr, so that stdout carries only machine-readable output (`--json`).
     pub fn done(&self, msg: impl AsRef<str>) {
+        if !cryoforge_core::dist::world().is_root() {
+            return;
+        }
         if self.nested {
             self.say(msg);
         } else {

@@ -55,10 +55,52 @@ enum Command {
     Ranker(cmd::ranker::Args),
 }
 
+/// Commands that split their work over MPI ranks (`mpirun -n K cryoforge …`, built with
+/// `--features mpi`); every other command refuses to run on more than one rank.
+fn distributed_ok(c: &Command) -> bool {
+    match c {
+        Command::Reconstruct(_) | Command::Refine(_) => true,
+        Command::Ranker(a) => cmd::ranker::distributed_ok(a),
+        Command::Ief(a) => cmd::ief::distributed_ok(a),
+        Command::Star(a) => cmd::star::distributed_ok(a),
+        Command::Sphere(a) => cmd::sphere::distributed_ok(a),
+        _ => false,
+    }
+}
+
+/// Started by mpirun/srun (Open MPI, PMIx or PMI set these).
+#[cfg(feature = "mpi")]
+fn under_mpi_launcher() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].iter().any(|k| std::env::var_os(k).is_some())
+}
+
 fn main() {
     cryoforge_core::alloc::retain_freed_memory();
+    #[cfg(feature = "mpi")]
+    let _mpi = if under_mpi_launcher() { cryoforge_core::dist::mpi::init() } else { None };
+    let world = cryoforge_core::dist::world();
+    if world.is_distributed() {
+        // A panicking rank stops all ranks (after the default hook has printed the panic).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            eprint!("rank {}: ", cryoforge_core::dist::world().rank());
+            hook(info);
+            cryoforge_core::dist::world().abort(101);
+        }));
+    }
     let cli = Cli::parse();
-    let level = if cli.quiet {
+    if world.is_distributed() && !distributed_ok(&cli.command) {
+        if world.is_root() {
+            eprintln!(
+                "error: this command does not run across MPI ranks ({} started); run it with one rank. \
+                 Distributed: reconstruct, refine, ranker score, ief features, star train, sphere train",
+                world.size()
+            );
+        }
+        world.abort(2);
+    }
+    let quiet = cli.quiet || !world.is_root();
+    let level = if quiet {
         "error"
     } else {
         match cli.verbose {
@@ -77,7 +119,18 @@ fn main() {
             eprintln!("warning: could not set the thread count: {e}");
         }
     }
-    let ctx = common::Ctx { quiet: cli.quiet, nested: false };
+    let ctx = common::Ctx { quiet, nested: false };
+    // Fault injection for the MPI tests: this rank fails at once, while the others go on
+    // into their first collective and must be stopped with its error.
+    let injected = std::env::var("CRYOFORGE_MPI_FAIL_RANK").ok().and_then(|v| v.parse::<usize>().ok());
+    if world.is_distributed() && injected == Some(world.rank()) {
+        eprintln!(
+            "rank {} of {}: error: failure injected by CRYOFORGE_MPI_FAIL_RANK",
+            world.rank(),
+            world.size()
+        );
+        world.abort(1);
+    }
     let r = match cli.command {
         Command::Info(a) => cmd::info::run(a, &ctx),
         Command::Convert(a) => cmd::convert::run(a, &ctx),
@@ -105,11 +158,19 @@ fn main() {
         Command::Ranker(a) => cmd::ranker::run(a, &ctx),
     };
     if let Err(e) = r {
+        if world.is_distributed() {
+            eprint!("rank {} of {}: ", world.rank(), world.size());
+        }
         eprintln!("error: {e}");
         let mut src = e.source();
         while let Some(s) = src {
             eprintln!("  caused by: {s}");
             src = s.source();
+        }
+        if world.is_distributed() {
+            // Every other rank is stopped with this rank's error (they may wait in a
+            // collective that this rank will never join).
+            world.abort(1);
         }
         std::process::exit(1);
     }

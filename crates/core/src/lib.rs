@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod ctf;
+pub mod dist;
 pub mod fft;
 pub mod filter;
 pub mod fsc;

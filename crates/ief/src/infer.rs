@@ -61,6 +61,11 @@ pub fn preprocess_batch(
 }
 
 /// Runs the model over every particle of `stack`, calling `each` per batch in order.
+///
+/// Collective across MPI ranks ([`cryoforge_core::dist::world`]): each round of
+/// `batch_size × ranks` particles is split into contiguous blocks, one per rank, and the
+/// blocks' features and scores are gathered on rank 0, which alone calls `each` (once per
+/// round, in particle order).
 pub fn run(
     model: &LoadedModel,
     stack: &ParticleStack,
@@ -70,21 +75,39 @@ pub fn run(
     if opts.batch_size == 0 {
         return Err(IefError::msg("batch size must be ≥ 1"));
     }
+    let comm = cryoforge_core::dist::world();
     let s = model.vit.cfg.img_size;
     let dev = model.vit.device().clone();
     let n = stack.len();
+    let round = opts.batch_size * comm.size();
     let mut start = 0;
     while start < n {
-        let end = (start + opts.batch_size).min(n);
-        let x = preprocess_batch(stack, start..end, s, opts)?;
-        let x = Tensor::from_vec(x, (end - start, s, s), &dev)?;
-        let cls = model.vit.forward_cls(&x, Mode::Eval)?;
-        let feats: Vec<f32> = l2_normalize(&cls)?.flatten_all()?.to_vec1()?;
-        let scores: Option<Vec<f32>> = match &model.head {
-            Some(h) => Some(h.score(&cls)?.to_vec1()?),
-            None => None,
-        };
-        each(&BatchOut { start, len: end - start, features: &feats, scores: scores.as_deref() })?;
+        let end = (start + round).min(n);
+        let mine = cryoforge_core::dist::block(end - start, comm.rank(), comm.size());
+        let (lo, hi) = (start + mine.start, start + mine.end);
+        let (mut feats, mut scores) = (Vec::new(), Vec::new());
+        if hi > lo {
+            let x = preprocess_batch(stack, lo..hi, s, opts)?;
+            let x = Tensor::from_vec(x, (hi - lo, s, s), &dev)?;
+            let cls = model.vit.forward_cls(&x, Mode::Eval)?;
+            feats = l2_normalize(&cls)?.flatten_all()?.to_vec1()?;
+            if let Some(h) = &model.head {
+                scores = h.score(&cls)?.to_vec1()?;
+            }
+        }
+        if comm.is_distributed() {
+            let f = comm.gather_f32(&feats);
+            let sc = comm.gather_f32(&scores);
+            match (f, sc) {
+                (Some(f), Some(sc)) => (feats, scores) = (f, sc),
+                _ => {
+                    start = end;
+                    continue;
+                }
+            }
+        }
+        let scores = model.head.as_ref().map(|_| scores.as_slice());
+        each(&BatchOut { start, len: end - start, features: &feats, scores })?;
         start = end;
     }
     Ok(())

@@ -29,6 +29,9 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Cache all images in memory when they take at most this many bytes.
     pub cache_limit_bytes: Option<usize>,
+    /// `(rank, ranks)`: yield only this rank's contiguous block of every global batch (data
+    /// parallel training, [`crate::parallel`]); `(0, 1)` yields whole batches.
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderConfig {
@@ -40,6 +43,7 @@ impl Default for LoaderConfig {
             drop_last: false,
             prefetch: 2,
             cache_limit_bytes: None,
+            shard: (0, 1),
         }
     }
 }
@@ -53,6 +57,10 @@ pub struct Batch {
     pub images: Vec<f32>,
     pub poses: Option<Vec<Pose>>,
     pub ctf: Option<Vec<CtfParams>>,
+    /// Particles in the global batch this shard belongs to (= `len()` unsharded).
+    pub global_len: usize,
+    /// Offset of this shard in the global batch.
+    pub shard_start: usize,
 }
 
 impl Batch {
@@ -62,6 +70,12 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
+    }
+
+    /// This shard's share of the global batch, `len / global_len` (1 unsharded): the factor
+    /// that turns a mean over the shard into its part of the global batch mean.
+    pub fn share(&self) -> f64 {
+        self.len() as f64 / self.global_len.max(1) as f64
     }
 
     /// Images as a [B, D, D] f32 tensor.
@@ -93,6 +107,16 @@ impl DataLoader {
     pub fn new(stack: Arc<ParticleStack>, cfg: LoaderConfig) -> Result<DataLoader> {
         if cfg.batch_size == 0 {
             return Err(NnError::msg("batch size must be positive"));
+        }
+        let (rank, ranks) = cfg.shard;
+        if ranks == 0 || rank >= ranks {
+            return Err(NnError::msg(format!("shard {rank} of {ranks} does not exist")));
+        }
+        if ranks > 1 && cfg.batch_size.min(stack.len()) < ranks {
+            return Err(NnError::msg(format!(
+                "batch of {} particles cannot be split over {ranks} ranks (each needs at least one)",
+                cfg.batch_size.min(stack.len())
+            )));
         }
         let d = stack.box_px()?;
         let bytes = stack.len() * d * d * 4;
@@ -150,15 +174,21 @@ impl DataLoader {
         let stack = self.stack.clone();
         let cache = self.cache.clone();
         let d = self.d;
-        let handle = std::thread::spawn(move || {
-            for idx in batches {
-                let r = make_batch(&stack, cache.as_deref().map(|v| v.as_slice()), d, idx);
-                let stop = r.is_err();
-                if tx.send(r).is_err() || stop {
-                    return;
+        let (rank, ranks) = self.cfg.shard;
+        let handle =
+            std::thread::spawn(move || {
+                for global in batches {
+                    let part = cryoforge_core::dist::block(global.len(), rank, ranks);
+                    let (global_len, shard_start) = (global.len(), part.start);
+                    let idx = global[part].to_vec();
+                    let r = make_batch(&stack, cache.as_deref().map(|v| v.as_slice()), d, idx)
+                        .map(|b| Batch { global_len, shard_start, ..b });
+                    let stop = r.is_err();
+                    if tx.send(r).is_err() || stop {
+                        return;
+                    }
                 }
-            }
-        });
+            });
         EpochIter { rx: Some(rx), handle: Some(handle) }
     }
 }
@@ -175,7 +205,8 @@ fn make_batch(stack: &ParticleStack, cache: Option<&[f32]>, d: usize, idx: Vec<u
     }
     let poses = stack.poses.as_ref().map(|p| idx.iter().map(|&i| p[i]).collect());
     let ctf = stack.ctf.as_ref().map(|c| idx.iter().map(|&i| c[i]).collect());
-    Ok(Batch { indices: idx, d, images, poses, ctf })
+    let len = idx.len();
+    Ok(Batch { indices: idx, d, images, poses, ctf, global_len: len, shard_start: 0 })
 }
 
 /// Batches of one epoch; dropping it stops the background thread.

@@ -49,6 +49,7 @@ pub mod data;
 pub mod loss;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod render;
 pub mod structure;
 

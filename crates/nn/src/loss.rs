@@ -503,14 +503,96 @@ pub fn edge_keep_mask(dists: &Tensor, keep_ratio: f64) -> Result<Tensor> {
         let mean = d.iter().map(|row| row[e] as f64).sum::<f64>() / b as f64;
         *v = d.iter().map(|row| (row[e] as f64 - mean).powi(2)).sum::<f64>() / b as f64;
     }
-    let mut sorted = var.clone();
+    Ok(Tensor::from_vec(keep_from_variances(&var, keep_ratio), p, dists.device())?)
+}
+
+/// 1 for the edges whose variance is at most the `keep_ratio` quantile (nearest rank).
+fn keep_from_variances(var: &[f64], keep_ratio: f64) -> Vec<f32> {
+    let p = var.len();
+    if p == 0 {
+        return Vec::new();
+    }
+    let mut sorted = var.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
-    let keep: Vec<f32> = if p == 0 {
-        Vec::new()
-    } else {
-        let n_keep = ((keep_ratio.clamp(0.0, 1.0) * p as f64).ceil() as usize).clamp(1, p);
-        let thr = sorted[n_keep - 1];
-        var.iter().map(|&v| if v <= thr { 1.0 } else { 0.0 }).collect()
-    };
-    Ok(Tensor::from_vec(keep, p, dists.device())?)
+    let n_keep = ((keep_ratio.clamp(0.0, 1.0) * p as f64).ceil() as usize).clamp(1, p);
+    let thr = sorted[n_keep - 1];
+    var.iter().map(|&v| if v <= thr { 1.0 } else { 0.0 }).collect()
+}
+
+// --- Data-parallel forms (crate::parallel) -------------------------------------------------
+//
+// Each returns this rank's contribution to the loss of the global batch: summed over ranks
+// it is the single-process loss of the whole batch (and so is its gradient). With one rank
+// they are the functions above.
+
+/// [`kl_free_bits`] of the global batch, this shard's part: the floor of latent dimension j
+/// is judged on the global batch mean of its KL (all-reduced); `share` = shard / global batch.
+pub fn kl_free_bits_dp(
+    mu: &Tensor,
+    logvar: &Tensor,
+    free_bits: f64,
+    share: f64,
+    dp: &crate::parallel::DataParallel,
+) -> Result<Tensor> {
+    if !dp.is_distributed() {
+        return kl_free_bits(mu, logvar, free_bits);
+    }
+    let (b, l) = mu.dims2()?;
+    let per_dim = gaussian_kl(mu, logvar)?.mean(0)?; // [L], local means
+    let mut sums: Vec<f64> = per_dim.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    sums.iter_mut().for_each(|v| *v *= b as f64);
+    sums.push(b as f64);
+    dp.all_reduce_f64(&mut sums);
+    let n = sums[l].max(1.0);
+    let active: Vec<f32> = sums[..l].iter().map(|s| if s / n > free_bits { 1.0 } else { 0.0 }).collect();
+    let floor = active.iter().filter(|&&a| a == 0.0).count() as f64 * free_bits;
+    let active = Tensor::from_vec(active, l, mu.device())?.to_dtype(per_dim.dtype())?;
+    Ok(((per_dim * active)?.sum_all()? + floor)?.affine(share, 0.0)?)
+}
+
+/// [`clash_loss`] of the global batch, this shard's part: its squared violations over the
+/// number of violations in the whole batch (all-reduced).
+pub fn clash_loss_dp(
+    coords: &Tensor,
+    pairs: &PairList,
+    cutoff_a: f64,
+    dp: &crate::parallel::DataParallel,
+) -> Result<Tensor> {
+    if !dp.is_distributed() {
+        return clash_loss(coords, pairs, cutoff_a);
+    }
+    if pairs.is_empty() {
+        return Ok(Tensor::zeros((), coords.dtype(), coords.device())?);
+    }
+    let d = pairs.distances(coords)?;
+    let v = d.affine(-1.0, cutoff_a)?.relu()?;
+    let mut count = [v.gt(0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?];
+    dp.all_reduce_f64(&mut count);
+    Ok((v.sqr()?.sum_all()? / count[0].max(1.0))?)
+}
+
+/// [`edge_keep_mask`] from the per-edge distance variance over the global batch (sums of d
+/// and d² all-reduced).
+pub fn edge_keep_mask_dp(
+    dists: &Tensor,
+    keep_ratio: f64,
+    dp: &crate::parallel::DataParallel,
+) -> Result<Tensor> {
+    if !dp.is_distributed() {
+        return edge_keep_mask(dists, keep_ratio);
+    }
+    let (b, p) = dists.dims2()?;
+    let d: Vec<f32> = dists.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut sums = vec![0f64; 2 * p + 1];
+    for row in d.chunks_exact(p.max(1)) {
+        for (e, &x) in row.iter().enumerate() {
+            sums[e] += x as f64;
+            sums[p + e] += (x as f64) * (x as f64);
+        }
+    }
+    sums[2 * p] = b as f64;
+    dp.all_reduce_f64(&mut sums);
+    let n = sums[2 * p].max(1.0);
+    let var: Vec<f64> = (0..p).map(|e| (sums[p + e] / n - (sums[e] / n).powi(2)).max(0.0)).collect();
+    Ok(Tensor::from_vec(keep_from_variances(&var, keep_ratio), p, dists.device())?)
 }

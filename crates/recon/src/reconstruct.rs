@@ -278,9 +278,12 @@ pub fn reconstruct_assigned(
     let grid_bytes = Accumulator::bytes(d, cfg.pad);
     let by_mem = (cfg.max_grid_bytes / grid_bytes.max(1)).max(2);
     let lanes = rayon::current_num_threads().max(2).min(by_mem);
+    // Across MPI ranks each rank inserts its block of the particles and the grids are summed.
+    let comm = cryoforge_core::dist::world();
+    let mine = cryoforge_core::dist::my_block(s.len());
     let idx: [Vec<usize>; 2] = [
-        (0..s.len()).filter(|&i| halves[i] == 0).collect(),
-        (0..s.len()).filter(|&i| halves[i] == 1).collect(),
+        mine.clone().filter(|&i| halves[i] == 0).collect(),
+        mine.clone().filter(|&i| halves[i] == 1).collect(),
     ];
     let lanes_a = lanes / 2;
     let jobs: Vec<(usize, &[usize])> = [(0usize, lanes_a), (1, lanes - lanes_a)]
@@ -343,10 +346,15 @@ pub fn reconstruct_assigned(
             slot => *slot = Some(a),
         }
     }
-    let [Some(a0), Some(a1)] = halves_acc else {
-        return Err(ReconError::Input("a half set is empty".into()));
-    };
+    // (A rank's block may hold no particle of a half; both halves are non-empty overall.)
+    let [a0, a1] = halves_acc.map(|a| a.unwrap_or_else(|| Accumulator::new(d, cfg.pad)));
     let mut acc = [a0, a1];
+    if comm.is_distributed() {
+        for a in acc.iter_mut() {
+            let cells: &mut [f32] = bytemuck::cast_slice_mut(&mut a.cells[..]);
+            cryoforge_core::dist::all_reduce_sum_f32_chunked(comm, cells);
+        }
+    }
     acc[0].complete();
     acc[1].complete();
     tracing::info!("inserted {} particles in {:.2} s", s.len(), t0.elapsed().as_secs_f64());

@@ -223,7 +223,12 @@ pub fn refine(
 ) -> Result<RefineOutcome, RefineError> {
     cfg.validate()?;
     let setup = setup(input, cfg)?;
-    crate::output::write_run(out, cfg, &setup)?;
+    // Across MPI ranks every rank runs the same iterations on its block of the particles
+    // (crate::parallel); rank 0 writes.
+    let root = cryoforge_core::dist::world().is_root();
+    if root {
+        crate::output::write_run(out, cfg, &setup)?;
+    }
     let mut iterations = Vec::new();
     let mut state = match resume {
         true => crate::output::load_state(out, &setup, &mut iterations)?,
@@ -234,10 +239,14 @@ pub fn refine(
         let it = run_iteration(&setup, &mut state, mode, obs)?;
         let (stats, results, recon, fsc_masked) = it;
         let last = mode == Mode::Final;
-        crate::output::write_iteration(out, &setup, &state, &results, &recon, &fsc_masked)?;
+        if root {
+            crate::output::write_iteration(out, &setup, &state, &results, &recon, &fsc_masked)?;
+        }
         obs.iteration_finished(&stats, &recon.fsc, &fsc_masked);
         iterations.push(stats);
-        crate::output::write_iterations(out, &iterations)?;
+        if root {
+            crate::output::write_iterations(out, &iterations)?;
+        }
         if last {
             let poses = state.poses.clone().unwrap_or_default();
             let stats = results
@@ -260,7 +269,9 @@ pub fn refine(
                 mask: setup.mask.clone(),
                 diameter_a: setup.diameter_a,
             };
-            crate::output::write_final(out, &setup, &o, &results)?;
+            if root {
+                crate::output::write_final(out, &setup, &o, &results)?;
+            }
             return Ok(o);
         }
         update_references(&setup, &mut state, recon);
@@ -459,8 +470,12 @@ fn run_iteration(
     let mut results: Vec<Option<SearchResult>> = vec![None; setup.stack.len()];
     let mut resid = crate::maps::ShellAcc::new(d / 2 + 1);
     let sign = if cfg.invert { -1.0 } else { 1.0 };
+    let comm = cryoforge_core::dist::world();
+    let mut mine: Vec<(usize, SearchResult)> = Vec::new();
     for h in 0..2 {
-        let members = &setup.members[h];
+        // This rank's contiguous block of the half set (all of it with one rank).
+        let all_members = &setup.members[h];
+        let members = &all_members[cryoforge_core::dist::my_block(all_members.len())];
         let masked: Vec<f32> = state.refs[h].iter().zip(&setup.mask).map(|(v, m)| v * m).collect();
         let proj = Projector::new(&masked, d, setup.apix, cfg.pad)?;
         let e = Expect {
@@ -499,10 +514,12 @@ fn run_iteration(
                 expectation(&e, members, &l0, &done, &|n| obs.particles_done(n))?
             }
         };
-        for (&i, r) in members.iter().zip(res) {
-            results[i] = Some(r);
-        }
+        mine.extend(members.iter().copied().zip(res));
         resid = resid.merged(&acc);
+    }
+    let (mine, resid) = crate::parallel::all_gather(comm, mine, resid)?;
+    for (i, r) in mine {
+        results[i] = Some(r);
     }
     let results: Vec<SearchResult> = results.into_iter().flatten().collect();
     let search_seconds = t0.elapsed().as_secs_f64();

@@ -14,6 +14,7 @@ pub mod expect;
 pub mod maps;
 pub mod orient;
 mod output;
+mod parallel;
 pub mod rebalance;
 pub mod score;
 pub mod search;

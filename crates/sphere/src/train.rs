@@ -302,8 +302,14 @@ pub fn train(
         return Err(SphereError::file(&stack.path, "particles have no poses (give --poses)"));
     }
     let out = inp.out.clone();
-    std::fs::create_dir_all(out.join("checkpoints"))
-        .map_err(|e| SphereError::file(&out, format!("cannot create: {e}")))?;
+    // Data parallel over MPI ranks (nn::parallel): each rank trains on its shard of every
+    // global batch; rank 0 writes the run.
+    let dp = cryoforge_nn::parallel::DataParallel::world();
+    let root = dp.is_root();
+    if root {
+        std::fs::create_dir_all(out.join("checkpoints"))
+            .map_err(|e| SphereError::file(&out, format!("cannot create: {e}")))?;
+    }
     let image_std = estimate_image_std(&stack, cfg.fstd_fraction, cfg.invert)?;
     let radius = band_radius(d, apix, cfg.sigma_a, cfg.lowpass_a);
     let ren = Renderer::new(d, apix, Band::Radius(radius), &dev)?;
@@ -326,15 +332,17 @@ pub fn train(
         part_len: inp.layout.part_len.clone(),
         n_segm: inp.layout.n_segm.clone(),
     };
-    let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| SphereError::msg(e.to_string()))?;
-    write_text_atomic(&out.join("model.json"), &meta_json)?;
-    cryoforge_io::pdb::write_ca_models(
-        out.join("reference.pdb"),
-        &inp.residues,
-        std::slice::from_ref(&x0),
-        None,
-    )?;
-    write_run_toml(&out, cfg, &inp.command, &stack, &inp.data_extra)?;
+    if root {
+        let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| SphereError::msg(e.to_string()))?;
+        write_text_atomic(&out.join("model.json"), &meta_json)?;
+        cryoforge_io::pdb::write_ca_models(
+            out.join("reference.pdb"),
+            &inp.residues,
+            std::slice::from_ref(&x0),
+            None,
+        )?;
+        write_run_toml(&out, cfg, &inp.command, &stack, &inp.data_extra)?;
+    }
 
     let mut opt = Adam::new(
         vec![
@@ -353,6 +361,7 @@ pub fn train(
             drop_last: false,
             prefetch: 2,
             cache_limit_bytes: cache,
+            shard: (dp.rank(), dp.size()),
         },
     )?;
     let per_epoch = loader.n_batches() as u64;
@@ -437,10 +446,17 @@ pub fn train(
                 None => ren.identity_transfer(b)?,
             };
             let (mu, sd) = model.encode(&x)?;
-            let eps: Vec<f32> = (0..b * cfg.zdim).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
-            let z = (mu.clone() + (Tensor::from_vec(eps, (b, cfg.zdim), &dev)? * &sd)?)?;
+            // Draws for the whole global batch from the shared rng, this shard's rows: the
+            // draws one process makes, and the same rng state on every rank.
+            let (gb, s0) = (batch.global_len, batch.shard_start);
+            let eps: Vec<f32> = (0..gb * cfg.zdim).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+            let eps = Tensor::from_vec(eps, (gb, cfg.zdim), &dev)?.narrow(0, s0, b)?;
+            let z = (mu.clone() + (eps * &sd)?)?;
             let motions = model.decode(&z)?;
-            let ws = model.seg.sample_blocks(b, &mut rng)?;
+            let mut ws = model.seg.sample_blocks(gb, &mut rng)?;
+            if gb != b {
+                ws = ws.iter().map(|w| w.narrow(0, s0, b)).collect::<candle_core::Result<_>>()?;
+            }
             let coords = model.deform_blocks(&ws, &motions)?;
             let spec = ren.spectrum(&coords, &model.amps, &model.sigma, &rots, &shifts)?;
             let recon = loss_fn.loss(&ren.apply_transfer(&spec, &transfer)?, &data)?;
@@ -450,14 +466,25 @@ pub fn train(
                 .mean_all()?;
             let (klm, kls, klp) = model.seg.kl()?;
             let (bz, bs, bp) = (beta_z.value(step), beta_s.value(step), beta_p.value(step));
+            // Each term is this shard's contribution to the global batch loss: batch means and
+            // the batch-free segmentation KLs scaled by the shard's share (Σ shares = 1).
+            let share = batch.share();
+            let sh = |t: Tensor| -> candle_core::Result<Tensor> {
+                if share == 1.0 {
+                    Ok(t)
+                } else {
+                    t.affine(share, 0.0)
+                }
+            };
+            let (recon, klz, klm, kls, klp) = (sh(recon)?, sh(klz)?, sh(klm)?, sh(kls)?, sh(klp)?);
             let mut loss =
                 (&recon + (&klz * (bz / d2))? + ((&klm + &kls)? * (bs / d2))? + (&klp * (bp / d2))?)?;
             let cont = match &st.cont {
-                Some((p, d0)) => cryoforge_nn::loss::continuity_loss(&coords, p, d0)?,
+                Some((p, d0)) => sh(cryoforge_nn::loss::continuity_loss(&coords, p, d0)?)?,
                 None => zeros.clone(),
             };
             let clash = match &st.clash {
-                Some(p) => cryoforge_nn::loss::clash_loss(&coords, p, cfg.clash_cutoff_a)?,
+                Some(p) => cryoforge_nn::loss::clash_loss_dp(&coords, p, cfg.clash_cutoff_a, &dp)?,
                 None => zeros.clone(),
             };
             if st.cont.is_some() {
@@ -466,10 +493,10 @@ pub fn train(
             if st.clash.is_some() {
                 loss = (loss + (&clash * cfg.clash)?)?;
             }
-            opt.backward_step(&loss)?;
+            let (global_loss, _) = dp.backward_step(&mut opt, &loss, &all_vars)?;
             step += 1;
-            let vals = [
-                scalar(&loss)?,
+            let mut vals = [
+                global_loss,
                 scalar(&recon)?,
                 scalar(&klz)?,
                 scalar(&klm)?,
@@ -481,6 +508,9 @@ pub fn train(
                 bs,
                 bp,
             ];
+            if dp.is_distributed() {
+                dp.all_reduce_f64(&mut vals[1..8]);
+            }
             last_loss = vals[0];
             for (a, v) in acc.iter_mut().zip(vals) {
                 *a += v;
@@ -506,13 +536,18 @@ pub fn train(
                 metrics_csv.push('\n');
                 metrics_jsonl.push_str(&serde_json::Value::Object(obj).to_string());
                 metrics_jsonl.push('\n');
-                write_text_atomic(&out.join("metrics.csv"), &metrics_csv)?;
-                write_text_atomic(&out.join("metrics.jsonl"), &metrics_jsonl)?;
+                if root {
+                    write_text_atomic(&out.join("metrics.csv"), &metrics_csv)?;
+                    write_text_atomic(&out.join("metrics.jsonl"), &metrics_jsonl)?;
+                }
                 acc = [0f64; 1 + METRIC_COLS.len()];
                 acc_n = 0.0;
             }
             let end_of_epoch = step.is_multiple_of(per_epoch);
-            if (end_of_epoch && (step / per_epoch).is_multiple_of(cfg.checkpoint_every)) || step == total {
+            if root
+                && ((end_of_epoch && (step / per_epoch).is_multiple_of(cfg.checkpoint_every))
+                    || step == total)
+            {
                 checkpoint::save(
                     &out.join("checkpoints").join(format!("step_{step:08}")),
                     &all_vars,
@@ -526,12 +561,14 @@ pub fn train(
             }
         }
     }
-    let weights: std::collections::HashMap<String, Tensor> =
-        all_vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    let tmp = out.join("weights.safetensors.tmp");
-    candle_core::safetensors::save(&weights, &tmp)?;
-    std::fs::rename(&tmp, out.join("weights.safetensors"))
-        .map_err(|e| SphereError::file(&out, format!("cannot finish weights.safetensors: {e}")))?;
+    if root {
+        let weights: std::collections::HashMap<String, Tensor> =
+            all_vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let tmp = out.join("weights.safetensors.tmp");
+        candle_core::safetensors::save(&weights, &tmp)?;
+        std::fs::rename(&tmp, out.join("weights.safetensors"))
+            .map_err(|e| SphereError::file(&out, format!("cannot finish weights.safetensors: {e}")))?;
+    }
     let el = t0.elapsed().as_secs_f64();
     let done = step - step0;
     let summary = TrainSummary {
@@ -546,8 +583,10 @@ pub fn train(
         skipped_steps: opt.skipped(),
         resumed_from_step: resumed,
     };
-    let js = serde_json::to_string_pretty(&summary).map_err(|e| SphereError::msg(e.to_string()))?;
-    write_text_atomic(&out.join("train_summary.json"), &(js + "\n"))?;
+    if root {
+        let js = serde_json::to_string_pretty(&summary).map_err(|e| SphereError::msg(e.to_string()))?;
+        write_text_atomic(&out.join("train_summary.json"), &(js + "\n"))?;
+    }
     let _ = std::io::stderr().flush();
     Ok(summary)
 }

@@ -15,10 +15,11 @@ use cryoforge_io::stack::ParticleStack;
 use cryoforge_nn::checkpoint::{self, TrainRng};
 use cryoforge_nn::data::{DataLoader, LoaderConfig};
 use cryoforge_nn::loss::{
-    circular_mask, clash_loss, continuity_loss, edge_keep_mask, elastic_loss, kl_free_bits, CorrelationLoss,
-    PairList, Schedule,
+    circular_mask, clash_loss_dp, continuity_loss, edge_keep_mask_dp, elastic_loss, kl_free_bits_dp,
+    CorrelationLoss, PairList, Schedule,
 };
 use cryoforge_nn::optim::{Adam, AdamConfig, ParamGroup};
+use cryoforge_nn::parallel::DataParallel;
 use cryoforge_nn::{Band, Renderer};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -164,13 +165,23 @@ fn fit_check(
         }
         n += b;
     }
+    // Sums over the held batches of every rank (data-parallel runs shard them).
+    let z = cfg.zdim;
+    let mut sums = vec![0f64; 3 + 3 * z];
+    (sums[0], sums[1], sums[2]) = (sum_ref, sum_model, n as f64);
+    for (i, &v) in mus.iter().enumerate() {
+        sums[3 + i % z] += v as f64;
+        sums[3 + z + i % z] += (v as f64) * (v as f64);
+    }
+    sums[3 + 2 * z..].copy_from_slice(&post_var);
+    DataParallel::world().all_reduce_f64(&mut sums);
+    let (sum_ref, sum_model, n) = (sums[0], sums[1], sums[2] as usize);
     let nf = n.max(1) as f64;
     let mut latent_signal = 0.0f64;
-    for k in 0..cfg.zdim {
-        let col: Vec<f64> = mus.iter().skip(k).step_by(cfg.zdim).map(|&v| v as f64).collect();
-        let m = col.iter().sum::<f64>() / nf;
-        let var = col.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / nf;
-        latent_signal = latent_signal.max(var / (post_var[k] / nf).max(1e-12));
+    for k in 0..z {
+        let m = sums[3 + k] / nf;
+        let var = (sums[3 + z + k] / nf - m * m).max(0.0);
+        latent_signal = latent_signal.max(var / (sums[3 + 2 * z + k] / nf).max(1e-12));
     }
     let mut f = FitCheck {
         step,
@@ -445,8 +456,14 @@ pub fn train(
     if poses.len() != n {
         return Err(StarError::msg("poses and particles differ in number"));
     }
-    std::fs::create_dir_all(run)
-        .map_err(|e| StarError::msg(format!("{}: cannot create: {e}", run.display())))?;
+    // Data parallel over MPI ranks (crate nn::parallel): each rank trains on its shard of every
+    // global batch; rank 0 writes metrics, checkpoints and weights.
+    let dp = DataParallel::world();
+    let root = dp.is_root();
+    if root {
+        std::fs::create_dir_all(run)
+            .map_err(|e| StarError::msg(format!("{}: cannot create: {e}", run.display())))?;
+    }
     let lowpass = resolved_lowpass(cfg);
     let ren = Renderer::new(d, apix, Band::Resolution { resolution_a: lowpass }, device)?;
     let corr = CorrelationLoss::new(d, cfg.mask_ratio, 1e-8, device)?;
@@ -479,6 +496,7 @@ pub fn train(
             drop_last: n > cfg.batch_size,
             prefetch: 2,
             cache_limit_bytes: Some(4 << 30),
+            shard: (dp.rank(), dp.size()),
         },
     )?;
     let nb = loader.n_batches().max(1) as u64;
@@ -501,9 +519,12 @@ pub fn train(
         rng = r.rng;
     } else {
         let max = (cfg.ref_init_epochs * nb as f64).ceil() as u64;
+        // The same z on every rank (the same rng): every rank takes the same steps.
         (ref_steps, ref_loss) = reference_init(&model, cfg, max, &mut rng)?;
-        let _ = std::fs::remove_file(run.join("metrics.csv"));
-        let _ = std::fs::remove_file(run.join("metrics.jsonl"));
+        if root {
+            let _ = std::fs::remove_file(run.join("metrics.csv"));
+            let _ = std::fs::remove_file(run.join("metrics.jsonl"));
+        }
     }
     let header = "step,epoch,images,elapsed_s,loss,recon,kl,continuity,clash,elastic,beta,edges_kept\n";
     let open = |name: &str| {
@@ -513,11 +534,16 @@ pub fn train(
             .open(run.join(name))
             .map_err(|e| StarError::msg(format!("{}: {e}", run.join(name).display())))
     };
-    let mut csv = open("metrics.csv")?;
-    if csv.metadata().map(|m| m.len() == 0).unwrap_or(true) {
-        csv.write_all(header.as_bytes()).map_err(|e| StarError::msg(e.to_string()))?;
-    }
-    let mut jsonl = open("metrics.jsonl")?;
+    let mut files = if root {
+        let mut csv = open("metrics.csv")?;
+        if csv.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+            csv.write_all(header.as_bytes()).map_err(|e| StarError::msg(e.to_string()))?;
+        }
+        Some((csv, open("metrics.jsonl")?))
+    } else {
+        None
+    };
+    let vars = model.vars();
 
     // The reference's loss on the held batches, before any training (on resume too: it
     // depends only on the data).
@@ -547,40 +573,52 @@ pub fn train(
                 None => ren.identity_transfer(b)?,
             };
             let (mu, logvar) = model.encode(&enc_in)?;
-            let eps = normal_tensor(&mut rng, (b, cfg.zdim), device)?;
+            // ε for the global batch from the shared rng, this shard's rows: the same draws
+            // as one process would make, and the same rng state on every rank.
+            let eps = normal_tensor(&mut rng, (batch.global_len, cfg.zdim), device)?.narrow(
+                0,
+                batch.shard_start,
+                b,
+            )?;
             let z = (&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
+            // Every term is this shard's contribution to the global batch loss (share = b/B).
+            let share = batch.share();
             let coords = model.structures(&z)?;
             let pred = ren.render(&coords, &amps, &sigma, &rots, &shifts, &transfer)?;
-            let recon = corr.loss(&pred, &data)?;
-            let kl = kl_free_bits(&mu, &logvar, cfg.free_bits)?;
+            let recon = corr.loss(&pred, &data)?.affine(share, 0.0)?;
+            let kl = kl_free_bits_dp(&mu, &logvar, cfg.free_bits, share, &dp)?;
             let bval = beta.value(step) * w.kl;
-            let cont = continuity_loss(&coords, &cont_pairs, &cont_d0)?;
+            let cont = continuity_loss(&coords, &cont_pairs, &cont_d0)?.affine(share, 0.0)?;
             let mut total_loss = ((recon.affine(w.recon, 0.0)? + kl.affine(bval / n_in, 0.0)?)?
                 + cont.affine(w.continuity, 0.0)?)?;
             let mut l = Losses { beta: bval, ..Default::default() };
             if w_clash > 0.0 {
-                let c = clash_loss(&coords, &clash_pairs, cfg.clash_cutoff_a)?;
+                let c = clash_loss_dp(&coords, &clash_pairs, cfg.clash_cutoff_a, &dp)?;
                 l.clash = c.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 total_loss = (total_loss + c.affine(w_clash, 0.0)?)?;
             }
             if w_en > 0.0 && !en_pairs.is_empty() {
                 let dists = en_pairs.distances(&coords)?;
-                let keep = edge_keep_mask(&dists, cfg.keep_ratio)?;
+                let keep = edge_keep_mask_dp(&dists, cfg.keep_ratio, &dp)?;
                 l.edges_kept = keep.sum_all()?.to_scalar::<f32>()? as f64 / en_pairs.len() as f64;
-                let e = elastic_loss(&coords, &en_pairs, &en_d0, Some(&keep))?;
+                let e = elastic_loss(&coords, &en_pairs, &en_d0, Some(&keep))?.affine(share, 0.0)?;
                 l.elastic = e.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 total_loss = (total_loss + e.affine(w_en, 0.0)?)?;
             }
             opt.set_lr(0, lr.value(step));
-            opt.backward_step(&total_loss)?;
-            l.loss = total_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            (l.loss, _) = dp.backward_step(&mut opt, &total_loss, &vars)?;
             l.recon = recon.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             l.kl = kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             l.continuity = cont.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if dp.is_distributed() {
+                let mut v = [l.recon, l.kl, l.continuity, l.clash, l.elastic];
+                dp.all_reduce_f64(&mut v);
+                [l.recon, l.kl, l.continuity, l.clash, l.elastic] = v;
+            }
             acc.add(&l);
             acc_n += 1;
             step += 1;
-            images += b as u64;
+            images += batch.global_len as u64;
             let elapsed = t0.elapsed().as_secs_f64();
             if step.is_multiple_of(cfg.log_every.max(1)) || step == total {
                 last = acc.scaled(1.0 / acc_n.max(1) as f64);
@@ -598,15 +636,17 @@ pub fn train(
                     last.beta,
                     last.edges_kept
                 );
-                csv.write_all(row.as_bytes()).map_err(|e| StarError::msg(e.to_string()))?;
-                let mut j = serde_json::to_value(&last).map_err(|e| StarError::msg(e.to_string()))?;
-                j["step"] = step.into();
-                j["epoch"] = (step / nb).into();
-                j["images"] = images.into();
-                j["elapsed_s"] = elapsed.into();
-                writeln!(jsonl, "{j}").map_err(|e| StarError::msg(e.to_string()))?;
+                if let Some((csv, jsonl)) = files.as_mut() {
+                    csv.write_all(row.as_bytes()).map_err(|e| StarError::msg(e.to_string()))?;
+                    let mut j = serde_json::to_value(&last).map_err(|e| StarError::msg(e.to_string()))?;
+                    j["step"] = step.into();
+                    j["epoch"] = (step / nb).into();
+                    j["images"] = images.into();
+                    j["elapsed_s"] = elapsed.into();
+                    writeln!(jsonl, "{j}").map_err(|e| StarError::msg(e.to_string()))?;
+                }
             }
-            if step.is_multiple_of(cfg.checkpoint_every.max(1)) {
+            if root && step.is_multiple_of(cfg.checkpoint_every.max(1)) {
                 save_checkpoint(run, &model, &opt, step, &rng)?;
             }
             if step == early && step < total {
@@ -623,7 +663,7 @@ pub fn train(
                     step,
                     device,
                 )?;
-                for w in &c.warnings {
+                for w in c.warnings.iter().filter(|_| root) {
                     tracing::warn!("{w}");
                 }
             }
@@ -637,18 +677,22 @@ pub fn train(
             });
         }
     }
-    save_checkpoint(run, &model, &opt, step, &rng)?;
+    if root {
+        save_checkpoint(run, &model, &opt, step, &rng)?;
+    }
     let check =
         fit_check(&model, &ren, &corr, &mask, cfg, &held, &amps, &sigma, Some(ref_recon), step, device)?;
-    for w in &check.warnings {
+    for w in check.warnings.iter().filter(|_| root) {
         tracing::warn!("{w}");
     }
-    let weights: std::collections::HashMap<String, Tensor> =
-        model.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
-    let wp = run.join("weights.safetensors");
-    let tmp = run.join("weights.safetensors.tmp");
-    candle_core::safetensors::save(&weights, &tmp)?;
-    std::fs::rename(&tmp, &wp).map_err(|e| StarError::msg(format!("{}: {e}", wp.display())))?;
+    if root {
+        let weights: std::collections::HashMap<String, Tensor> =
+            model.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+        let wp = run.join("weights.safetensors");
+        let tmp = run.join("weights.safetensors.tmp");
+        candle_core::safetensors::save(&weights, &tmp)?;
+        std::fs::rename(&tmp, &wp).map_err(|e| StarError::msg(format!("{}: {e}", wp.display())))?;
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let done = (step - start_step) * cfg.batch_size as u64;
     Ok(TrainOutcome {

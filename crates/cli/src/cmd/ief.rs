@@ -167,6 +167,11 @@ pub fn read_labels(path: &std::path::Path, column: &str) -> Result<Vec<String>> 
     Ok(out)
 }
 
+/// Whether the subcommand runs across MPI ranks.
+pub fn distributed_ok(a: &Args) -> bool {
+    matches!(a.cmd, Sub::Features(_))
+}
+
 fn knn(a: KnnArgs, ctx: &Ctx) -> Result<()> {
     let f = cryoforge_io::npy::read_npy(&a.features)?;
     if f.shape.len() != 2 {
@@ -221,6 +226,11 @@ fn features(a: FeaturesArgs, ctx: &Ctx) -> Result<()> {
     }
     let model = a.model.load(ctx)?;
     let c = model.vit.cfg.embed_dim;
+    if !cryoforge_core::dist::world().is_root() {
+        // Another MPI rank: compute this rank's blocks; rank 0 gathers and writes them.
+        infer::run(&model, &stack, &opts, |_| Ok(()))?;
+        return Ok(());
+    }
     ensure_parent(&a.out)?;
     let bar = ctx.progress(stack.len() as u64, "features");
     let t0 = std::time::Instant::now();

@@ -48,6 +48,11 @@ pub struct ScoreArgs {
     pub top: Option<Vec<usize>>,
 }
 
+/// Whether the subcommand runs across MPI ranks (all do).
+pub fn distributed_ok(_: &Args) -> bool {
+    true
+}
+
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
         Sub::Score(s) => score(s, ctx),
@@ -73,6 +78,11 @@ fn score(a: ScoreArgs, ctx: &Ctx) -> Result<()> {
             "{}: no ranker head (head.mlp_classifier.0.* or head.*): an encoder only gives features (cryoforge ief features)",
             a.model.weights.display()
         );
+    }
+    if !cryoforge_core::dist::world().is_root() {
+        // Another MPI rank: score this rank's blocks; rank 0 gathers and writes them.
+        infer::run(&model, &stack, &opts, |_| Ok(()))?;
+        return Ok(());
     }
     ensure_dir(&a.out)?;
     let bar = ctx.progress(n as u64, "scoring");

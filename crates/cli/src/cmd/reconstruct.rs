@@ -116,11 +116,18 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         window: parse_window(&a.window)?,
         ..Default::default()
     };
-    ensure_dir(&a.out)?;
+    let root = cryoforge_core::dist::world().is_root();
+    if root {
+        ensure_dir(&a.out)?;
+    }
     let t0 = std::time::Instant::now();
     let bar = ctx.progress(s.len() as u64, "reconstructing");
+    // Collective across MPI ranks (each inserts its block); rank 0 writes the results.
     let mut r = reconstruct(&s, &cfg, &|n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
+    if !root {
+        return Ok(());
+    }
     if let Some(lp) = a.lowpass_a {
         lowpass_volume(&mut r.map, d, apix, lp, Edge::Cosine { width_per_a: 0.2 / lp });
     }

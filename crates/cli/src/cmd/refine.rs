@@ -127,8 +127,12 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     };
     let obs = CliObserver { bar: ctx.progress(s.len() as u64, "refining"), ctx, out: out.clone() };
     let t0 = std::time::Instant::now();
+    // Collective across MPI ranks (each searches its block); rank 0 writes the results.
     let o = cryoforge_refine::refine(&input, &cfg, &out, a.resume.is_some(), &obs)?;
     obs.bar.finish_and_clear();
+    if !cryoforge_core::dist::world().is_root() {
+        return Ok(());
+    }
     write_fsc_png(&out.join("fsc.png"), &o.recon.fsc, &o.fsc_masked)?;
     write_angdist_png(&out.join("angdist.png"), &o.poses)?;
     // Orientation diagnostics of the final half maps and poses (OUT/orient).
@@ -287,6 +291,9 @@ impl Observer for CliObserver<'_> {
                 st.search_seconds + st.reconstruct_seconds
             ))
         });
+        if !cryoforge_core::dist::world().is_root() {
+            return;
+        }
         let png = self.out.join(format!("iter_{:03}", st.iter)).join("fsc.png");
         if let Err(e) = write_fsc_png(&png, fsc, masked) {
             tracing::warn!("{}: {e:#}", png.display());

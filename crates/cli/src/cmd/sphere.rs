@@ -145,6 +145,11 @@ pub struct ToyArgs {
     pub step_deg: f64,
 }
 
+/// Whether the subcommand runs across MPI ranks (training does, data parallel).
+pub fn distributed_ok(a: &Args) -> bool {
+    matches!(a.cmd, Sub::Train(_))
+}
+
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
         Sub::Train(t) => train(*t, ctx),
@@ -247,6 +252,9 @@ fn train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         }
     })?;
     bar.finish_and_clear();
+    if !cryoforge_core::dist::world().is_root() {
+        return Ok(()); // another MPI rank: rank 0 writes the run
+    }
     let js = serde_json::to_value(&summary)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&js)?);

@@ -216,6 +216,11 @@ pub struct VolumeArgs {
     pub json: bool,
 }
 
+/// Whether the subcommand runs across MPI ranks (training does, data parallel).
+pub fn distributed_ok(a: &Args) -> bool {
+    matches!(a.cmd, Sub::Train(_))
+}
+
 pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
     match a.cmd {
         Sub::Train(t) => run_train(*t, ctx),
@@ -234,7 +239,11 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     let stack = a.particles.load(ctx)?;
     let d = stack.box_px()?;
     let apix = stack.apix_a()?;
-    ensure_dir(&a.out)?;
+    // Across MPI ranks every rank trains (data parallel) and rank 0 writes the run.
+    let root = cryoforge_core::dist::world().is_root();
+    if root {
+        ensure_dir(&a.out)?;
+    }
     let (cfg, reference) = if a.resume {
         let (mut cfg, _) = read_run_toml(&a.out).context("--resume")?;
         // Only the training length may change on resume (e.g. to train longer).
@@ -298,12 +307,14 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         let reference =
             Reference::read(&a.reference, cfg.elastic_cutoff_a, cfg.clash_pair_min_a, cfg.clash_pair_max_a)?;
         prepare(&stack, &reference, &mut cfg, a.consensus.as_deref())?;
-        cryoforge_io::pdb::write_ca_models(
-            a.out.join("reference.pdb"),
-            &reference.residues,
-            std::slice::from_ref(&reference.coords),
-            None,
-        )?;
+        if root {
+            cryoforge_io::pdb::write_ca_models(
+                a.out.join("reference.pdb"),
+                &reference.residues,
+                std::slice::from_ref(&reference.coords),
+                None,
+            )?;
+        }
         let mut extra: Vec<(&str, String)> = vec![("reference", a.reference.display().to_string())];
         let p = &a.particles;
         let opt = |k: &'static str, v: &Option<PathBuf>| v.as_ref().map(|v| (k, v.display().to_string()));
@@ -317,7 +328,9 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         if p.hetrefine {
             extra.push(("hetrefine", "true".into()));
         }
-        write_run_toml(&a.out, &command_line(), &cfg, &p.particles, stack.len(), d, apix, &extra)?;
+        if root {
+            write_run_toml(&a.out, &command_line(), &cfg, &p.particles, stack.len(), d, apix, &extra)?;
+        }
         (cfg, reference)
     };
     let total = cfg.total_steps(stack.len());
@@ -348,6 +361,9 @@ fn run_train(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     };
     let out = train(Arc::new(stack), &reference, &cfg, &a.out, a.resume, &device, &mut cb)?;
     bar.finish_and_clear();
+    if !root {
+        return Ok(());
+    }
     let summary = serde_json::to_value(&out)?;
     write_json_atomic(&a.out.join("train_summary.json"), &summary)?;
     if a.json {
