@@ -10,6 +10,7 @@ fn t<F: FnMut() -> Tensor>(name: &str, mut f: F) {
     println!("{name:32} {:8.1} ms", s.elapsed().as_secs_f64() * 1000.0 / 3.0);
 }
 fn main() {
+    cryoforge_core::alloc::retain_freed_memory(); // as the cryoforge binary does
     let dev = Device::Cpu;
     let (b, n, c, h) = (8usize, 257usize, 768usize, 12usize);
     let x = Tensor::randn(0f32, 1.0, (b * n, c), &dev).unwrap();
@@ -40,4 +41,29 @@ fn main() {
     let big = Tensor::randn(0f32, 1.0, (b * n, 4 * c), &dev).unwrap();
     t("gelu fused", || cryoforge_nn::ops::gelu_erf(&big).unwrap());
     t("scale q", || (&q * 0.125).unwrap());
+    t("softmax_scaled_eval", || cryoforge_nn::ops::softmax_scaled_eval(&att, 0.125).unwrap());
+    // The whole encoder (random weights), as `ranker score` runs it.
+    let vm = candle_nn::VarMap::new();
+    let bm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let bb = candle_nn::VarBuilder::from_varmap(&bm, DType::F32, &dev);
+    let vit = cryoforge_ief::vit::Vit::new(&cryoforge_ief::vit::VitConfig::base(), vb, bb).unwrap();
+    if let Ok(path) = std::env::var("VIT_SAVE") {
+        // Random ViT-B weights under the published names, for timing `ranker score`.
+        let mut all: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+        for (k, v) in vm.data().lock().unwrap().iter().chain(bm.data().lock().unwrap().iter()) {
+            all.insert(k.clone(), v.as_tensor().clone());
+        }
+        all.extend(vit.buffers().unwrap());
+        candle_core::safetensors::save(&all, &path).unwrap();
+        println!("wrote {path}");
+    }
+    let img = Tensor::randn(0f32, 1.0, (b, 224, 224), &dev).unwrap();
+    let _ = vit.forward_cls(&img, cryoforge_ief::vit::Mode::Eval).unwrap(); // warm-up
+    let s = Instant::now();
+    for _ in 0..3 {
+        let _ = vit.forward_cls(&img, cryoforge_ief::vit::Mode::Eval).unwrap();
+    }
+    let dt = s.elapsed().as_secs_f64() / 3.0;
+    println!("{:32} {:8.1} ms ({:.2} images/s)", "ViT-B/14 forward, batch 8", dt * 1000.0, b as f64 / dt);
 }

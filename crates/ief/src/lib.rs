@@ -10,6 +10,7 @@
 //! read from the shapes), [`head`] (CryoRanker v1.5 and v1 heads), [`infer`] (batched,
 //! memory O(batch) passes over a stack: L2-normalised CLS features and scores).
 
+pub mod attention;
 pub mod head;
 pub mod infer;
 pub mod knn;

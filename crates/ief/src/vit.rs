@@ -296,18 +296,23 @@ impl Block {
     fn attention(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let dh = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(&x.reshape((b * n, c))?)?
-            .reshape((b, n, 3, self.heads, dh))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)? * (1.0 / (dh as f64).sqrt()))?.contiguous()?;
+        let qkv = self.qkv.forward(&x.reshape((b * n, c))?)?;
+        if mode == Mode::Eval && qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+            let o = crate::attention::attention_eval(&qkv, b, n, self.heads, 1.0 / (dh as f64).sqrt())?;
+            return Ok(self.proj.forward(&o)?.reshape((b, n, c))?);
+        }
+        let qkv = qkv.reshape((b, n, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
+        let scale = 1.0 / (dh as f64).sqrt();
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let att = q.matmul(&k.t()?)?;
         let att = match mode {
-            Mode::Eval => candle_nn::ops::softmax_last_dim(&att)?,
-            Mode::Train => cryoforge_nn::ops::softmax(&att)?,
+            // Inference off the CPU: the 1/√d_h scale goes into the softmax.
+            Mode::Eval => {
+                cryoforge_nn::ops::softmax_scaled_eval(&qkv.get(0)?.contiguous()?.matmul(&k.t()?)?, scale)?
+            }
+            Mode::Train => {
+                cryoforge_nn::ops::softmax(&(qkv.get(0)? * scale)?.contiguous()?.matmul(&k.t()?)?)?
+            }
         };
         let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b * n, c))?;
         Ok(self.proj.forward(&o)?.reshape((b, n, c))?)

@@ -128,3 +128,35 @@ fn fused_gelu_matches_candle_gelu_in_value_and_gradient() {
     let yt = flat(&gelu_erf(&x.t().unwrap()).unwrap().t().unwrap());
     assert!(max_diff(&yt, &y1) < 1e-7);
 }
+
+#[test]
+fn fast_exp_and_erf_match_libm() {
+    use cryoforge_nn::ops::{erf_fast, exp_fast};
+    let (mut e_exp, mut e_erf) = (0f64, 0f64);
+    for i in 0..=400_000 {
+        let x = -87.0 + 175.0 * i as f64 / 400_000.0;
+        let want = (x as f32 as f64).exp();
+        e_exp = e_exp.max(((exp_fast(x as f32) as f64) - want).abs() / want);
+        let x = -6.0 + 12.0 * i as f64 / 400_000.0;
+        let want = libm::erf(x as f32 as f64);
+        e_erf = e_erf.max(((erf_fast(x as f32) as f64) - want).abs());
+    }
+    assert!(e_exp < 3e-7, "exp: relative error {e_exp}");
+    assert!(e_erf < 1e-6, "erf: absolute error {e_erf}");
+    assert_eq!(exp_fast(-200.0), exp_fast(-87.0));
+    assert!(exp_fast(200.0).is_finite());
+    assert_eq!(erf_fast(0.0), 0.0);
+    assert_eq!(erf_fast(-3.0), -erf_fast(3.0));
+}
+
+#[test]
+fn eval_softmax_matches_softmax() {
+    use cryoforge_nn::ops::softmax_scaled_eval;
+    let x = Tensor::randn(0f32, 3.0, (3, 5, 37), &Device::Cpu).unwrap();
+    for scale in [0.125, 1.0, -0.5] {
+        let want = softmax(&x.affine(scale, 0.0).unwrap()).unwrap();
+        let got = softmax_scaled_eval(&x, scale).unwrap();
+        let d: f32 = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(d < 1e-6, "scale {scale}: max |Δ| {d}");
+    }
+}
