@@ -92,6 +92,12 @@ pub fn parse_device(spec: &str) -> Result<candle_core::Device> {
             "--device {spec}: this cryoforge was built without CUDA; rebuild with `cargo build --release --features cuda` (needs nvcc)"
         )));
     }
-    candle_core::Device::new_cuda(ordinal)
-        .map_err(|e| NnError::msg(format!("--device {spec}: cannot open CUDA device {ordinal}: {e}")))
+    candle_core::Device::new_cuda(ordinal).map_err(|e| {
+        // The driver's message, without the backtrace candle attaches to it.
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        NnError::msg(format!("--device {spec}: cannot open CUDA device {ordinal}: {e}"))
+    })
 }
