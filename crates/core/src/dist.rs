@@ -138,6 +138,18 @@ pub mod mpi {
     unsafe impl Send for MpiComm {}
     unsafe impl Sync for MpiComm {}
 
+    /// Offsets of consecutive blocks of `counts` elements (exclusive prefix sums).
+    fn displacements(counts: &[i32]) -> Vec<i32> {
+        counts
+            .iter()
+            .scan(0i32, |acc, &c| {
+                let d = *acc;
+                *acc += c;
+                Some(d)
+            })
+            .collect()
+    }
+
     /// Keeps MPI initialised; dropping it finalises MPI (at the end of `main`).
     pub struct MpiGuard {
         _universe: Universe,
@@ -199,14 +211,7 @@ pub mod mpi {
                 if self.rank == 0 {
                     let mut counts = vec![0i32; self.size];
                     root.gather_into_root(&n, &mut counts[..]);
-                    let displs: Vec<i32> = counts
-                        .iter()
-                        .scan(0i32, |acc, &c| {
-                            let d = *acc;
-                            *acc += c;
-                            Some(d)
-                        })
-                        .collect();
+                    let displs = displacements(&counts);
                     let total: i32 = counts.iter().sum();
                     let mut out = vec![0f32; total as usize];
                     {
@@ -241,14 +246,7 @@ pub mod mpi {
                 let n = local.len() as i32;
                 let mut counts = vec![0i32; self.size];
                 w.all_gather_into(&n, &mut counts[..]);
-                let displs: Vec<i32> = counts
-                    .iter()
-                    .scan(0i32, |acc, &c| {
-                        let d = *acc;
-                        *acc += c;
-                        Some(d)
-                    })
-                    .collect();
+                let displs = displacements(&counts);
                 let total: usize = counts.iter().map(|&c| c as usize).sum();
                 let mut all = vec![0u8; total];
                 {
