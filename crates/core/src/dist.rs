@@ -26,13 +26,13 @@ pub trait Comm: Send + Sync {
     fn all_reduce_sum_f32(&self, buf: &mut [f32]);
     /// Element-wise maximum over ranks, in place, on every rank.
     fn all_reduce_max_f64(&self, buf: &mut [f64]);
-    /// Every rank's `local` (any lengths) concatenated in rank order, on rank 0; `None`
-    /// elsewhere.
+    /// Every rank's `local` (any lengths below 2³¹ elements, MPI's count type) concatenated in
+    /// rank order, on rank 0; `None` elsewhere.
     fn gather_f32(&self, local: &[f32]) -> Option<Vec<f32>>;
     /// Rank 0's bytes on every rank (`buf` is resized on the others).
     fn broadcast_bytes(&self, buf: &mut Vec<u8>);
-    /// Every rank's `local` bytes (any lengths), one entry per rank in rank order, on every
-    /// rank.
+    /// Every rank's `local` bytes (any lengths, below 2³¹ in all), one entry per rank in rank
+    /// order, on every rank.
     fn all_gather_bytes(&self, local: &[u8]) -> Vec<Vec<u8>>;
     fn barrier(&self);
     /// Stop every rank (MPI_Abort); with one process, exit.

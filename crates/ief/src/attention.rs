@@ -76,19 +76,7 @@ pub fn attention_eval(qkv: &Tensor, b: usize, n: usize, heads: usize, scale: f64
                     gemm::Parallelism::None,
                 );
             }
-            for row in s.chunks_exact_mut(n) {
-                let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                row.iter_mut().for_each(|x| *x = cryoforge_nn::ops::exp_fast(*x - m));
-                let mut acc = [0f32; 8];
-                let mut it = row.chunks_exact(8);
-                for ch in &mut it {
-                    for j in 0..8 {
-                        acc[j] += ch[j];
-                    }
-                }
-                let inv = 1.0 / (acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>());
-                row.iter_mut().for_each(|x| *x *= inv);
-            }
+            s.chunks_exact_mut(n).for_each(cryoforge_nn::ops::softmax_in_place);
             // SAFETY: O [n × d_h] at rows img·n.., columns h·d_h.. of `out` (row stride C):
             // this task's elements only (see OutPtr); V [n × d_h] inside `src`.
             unsafe {

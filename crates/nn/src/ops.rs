@@ -232,6 +232,22 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// softmax of one row in place, with the vectorising [`exp_fast`] and eight partial sums
+/// (so that the reduction vectorises too).
+pub fn softmax_in_place(row: &mut [f32]) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    row.iter_mut().for_each(|x| *x = exp_fast(*x - m));
+    let mut acc = [0f32; 8];
+    let mut it = row.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    let inv = 1.0 / (acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>());
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// softmax(scale·x) over the last dimension for inference (no gradient): on the CPU in f32
 /// one parallel pass per row with the vectorising [`exp_fast`]; elsewhere candle's.
 pub fn softmax_scaled_eval(x: &Tensor, scale: f64) -> Result<Tensor> {
@@ -258,23 +274,8 @@ impl CustomOp1 for SoftmaxEval {
         if n > 0 {
             let scale = self.scale;
             out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, xr)| {
-                let m = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-                let m =
-                    if scale >= 0.0 { m } else { xr.iter().fold(f32::INFINITY, |m, &v| m.min(v)) * scale };
-                for (o, &v) in o.iter_mut().zip(xr) {
-                    *o = exp_fast(v * scale - m);
-                }
-                // Eight partial sums, so that the reduction vectorises too.
-                let mut acc = [0f32; 8];
-                let mut it = o.chunks_exact(8);
-                for c in &mut it {
-                    for k in 0..8 {
-                        acc[k] += c[k];
-                    }
-                }
-                let sum = acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>();
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
+                o.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * scale);
+                softmax_in_place(o);
             });
         }
         Ok((CpuStorage::F32(out), l.shape().clone()))

@@ -32,7 +32,9 @@ impl Reader<'_> {
             .get(self.at..self.at + 8)
             .ok_or_else(|| RefineError::Input("MPI: a rank sent truncated search results".into()))?;
         self.at += 8;
-        Ok(f64::from_le_bytes(s.try_into().expect("8 bytes")))
+        let mut b = [0u8; 8];
+        b.copy_from_slice(s);
+        Ok(f64::from_le_bytes(b))
     }
     fn u64(&mut self) -> Result<u64, RefineError> {
         Ok(self.f64()?.to_bits())
