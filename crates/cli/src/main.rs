@@ -53,6 +53,8 @@ enum Command {
     Ief(cmd::ief::Args),
     /// CryoRanker: particle-quality scores.
     Ranker(cmd::ranker::Args),
+    /// cryoPROS: auxiliary particles for preferred-orientation data.
+    Pros(cmd::pros::Args),
 }
 
 /// Commands that split their work over MPI ranks (`mpirun -n K cryoforge …`, built with
@@ -156,6 +158,7 @@ fn main() {
         Command::Star(a) => cmd::star::run(a, &ctx),
         Command::Ief(a) => cmd::ief::run(a, &ctx),
         Command::Ranker(a) => cmd::ranker::run(a, &ctx),
+        Command::Pros(a) => cmd::pros::run(a, &ctx),
     };
     if let Err(e) = r {
         if world.is_distributed() {

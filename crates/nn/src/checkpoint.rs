@@ -119,3 +119,39 @@ pub fn load(dir: &Path, vars: &[(String, Var)], opt: Option<&mut Adam>) -> Resul
     }
     Ok(Resume { step: st.step, rng: rng_restore(&st.rng)? })
 }
+
+/// The newest complete checkpoint `RUN/checkpoints/step_*` of a training run (one with its
+/// state.json written last), if any.
+pub fn newest(run: &Path) -> Option<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_")))
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+/// [`save`] into `RUN/checkpoints/step_XXXXXXXX`, then remove all but the newest `keep`.
+pub fn save_rotating(
+    run: &Path,
+    keep: usize,
+    vars: &[(String, Var)],
+    opt: Option<&Adam>,
+    step: u64,
+    rng: &TrainRng,
+) -> Result<()> {
+    let dir = run.join("checkpoints");
+    save(&dir.join(format!("step_{step:08}")), vars, opt, step, rng)?;
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| NnError::msg(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_")))
+        .collect();
+    v.sort();
+    while v.len() > keep.max(1) {
+        let _ = std::fs::remove_dir_all(v.remove(0));
+    }
+    Ok(())
+}

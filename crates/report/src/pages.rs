@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 mod abinit;
 mod class2d;
 mod orient;
+mod pros;
 mod ranker;
 mod refine;
 
@@ -44,6 +45,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Run => b.run(dir, ""),
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
+        DirKind::Pros => b.pros(dir),
     };
     let mut sections = sections;
     sections.push(b.files(dir, ""));
@@ -738,7 +740,7 @@ impl Builder {
                 Ok(DirKind::Ranker) => out.extend(self.ranker(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
-                Ok(DirKind::Demo) | Err(_) => {}
+                Ok(DirKind::Demo) | Ok(DirKind::Pros) | Err(_) => {}
             }
         }
         out

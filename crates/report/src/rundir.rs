@@ -41,6 +41,8 @@ pub enum DirKind {
     Simulate,
     /// `cryoforge demo` output: demo.json.
     Demo,
+    /// `cryoforge pros run` output: summary.json + iter_01/train.
+    Pros,
 }
 
 impl DirKind {
@@ -56,6 +58,7 @@ impl DirKind {
             DirKind::Run => "training run",
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
+            DirKind::Pros => "cryoPROS",
         }
     }
 }
@@ -67,6 +70,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     }
     if dir.join("demo.json").is_file() {
         return Ok(DirKind::Demo);
+    }
+    if dir.join("summary.json").is_file() && dir.join("iter_01").join("train").is_dir() {
+        return Ok(DirKind::Pros);
     }
     if dir.join("run.toml").is_file() {
         let t = read_toml(&dir.join("run.toml"))?;

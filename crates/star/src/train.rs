@@ -368,32 +368,11 @@ fn batch_inputs(
 }
 
 fn newest_checkpoint(run: &Path) -> Option<PathBuf> {
-    let dir = run.join("checkpoints");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("state.json").is_file())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_")))
-        .collect();
-    v.sort();
-    v.pop()
+    checkpoint::newest(run)
 }
 
 fn save_checkpoint(run: &Path, model: &StarModel, opt: &Adam, step: u64, rng: &TrainRng) -> Result<()> {
-    let dir = run.join("checkpoints");
-    checkpoint::save(&dir.join(format!("step_{step:08}")), &model.vars(), Some(opt), step, rng)?;
-    // Keep the newest two.
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| StarError::msg(format!("{}: {e}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_")))
-        .collect();
-    v.sort();
-    while v.len() > 2 {
-        let p = v.remove(0);
-        let _ = std::fs::remove_dir_all(p);
-    }
-    Ok(())
+    Ok(checkpoint::save_rotating(run, 2, &model.vars(), Some(opt), step, rng)?)
 }
 
 fn normal_tensor(rng: &mut TrainRng, shape: (usize, usize), dev: &Device) -> Result<Tensor> {

@@ -13,6 +13,7 @@ pub mod morph;
 pub mod orient;
 pub mod pdb2map;
 pub mod postprocess;
+pub mod pros;
 pub mod ranker;
 pub mod rebalance;
 pub mod reconstruct;

@@ -234,7 +234,7 @@ fn read_map(p: &Path, what: &str, d: usize, apix: f64) -> Result<Vec<f32>> {
     Ok(f.read_volume()?)
 }
 
-fn read_truth(p: &Path, n: usize, d: usize) -> Result<Vec<Pose>> {
+pub(crate) fn read_truth(p: &Path, n: usize, d: usize) -> Result<Vec<Pose>> {
     let poses = if file_kind(p) == FileKind::Pkl {
         let pp = cryoforge_io::pkl::read_poses_pkl(p)?;
         let t = pp.trans.unwrap_or_else(|| vec![[0.0, 0.0]; pp.rots.len()]);
