@@ -19,7 +19,7 @@ use crate::generate::{generate, GenerateOptions, Generated, AUX_COLUMN};
 use crate::train::{prepare, train, write_run_toml, TrainOutcome};
 use crate::{ProsError, Result};
 use candle_core::Device;
-use cryoforge_io::stack::{ImageRef, ParticleStack, Pose, Source};
+use cryoforge_io::stack::{ImageRef, Origin, ParticleStack, Pose, Source};
 use cryoforge_refine::RefineConfig;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
@@ -263,6 +263,8 @@ pub fn run(
         let new_poses: Vec<Pose> = o.poses[..n].to_vec();
         let halves: Vec<u8> = o.halves[..n].to_vec();
         current.poses = Some(new_poses.clone());
+        // Written out in full from now on (not the input file's angles).
+        current.poses_origin = Some(Origin::Computed);
         let raw_dir = dir.join("raw");
         std::fs::create_dir_all(&raw_dir)
             .map_err(|e| ProsError::msg(format!("{}: {e}", raw_dir.display())))?;

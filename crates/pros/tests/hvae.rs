@@ -279,6 +279,12 @@ fn one_pipeline_iteration_writes_every_step() {
     assert_eq!(co.len(), 96);
     let raw = ParticleStack::load(&out.join("iter_01/raw/particles.star"), &LoadOptions::default()).unwrap();
     assert_eq!(raw.len(), 64);
+    // The raw STAR carries the co-refined poses (the first 64 of the co-refinement's), not
+    // the input's.
+    let (rp, cp) = (raw.poses.as_ref().unwrap(), co.poses.as_ref().unwrap());
+    for i in 0..64 {
+        assert!(cryoforge_refine::so3::angle_deg(&rp[i].rot, &cp[i].rot) < 0.01, "particle {i}");
+    }
     assert!(lines.iter().any(|l| l.contains("co-refining 64 raw + 32 auxiliary")), "{lines:?}");
 }
 
