@@ -30,7 +30,10 @@ fn main() -> cryoforge_pros::Result<()> {
         let c = m.condition(&v, &pose)?;
         let mut noise = |_l: usize, sh: &[usize]| normal(&mut rng, sh, &dev);
         let f = m.forward_train(&x, &c, &mut noise)?;
-        let kl = f.kl.unwrap().sum_all()?.affine(1e-4 / (b * d * d) as f64, 0.0)?;
+        let kl =
+            f.kl.ok_or_else(|| cryoforge_pros::ProsError::msg("no KL from a training pass"))?
+                .sum_all()?
+                .affine(1e-4 / (b * d * d) as f64, 0.0)?;
         let loss: Tensor = (mse(&f.output, &x)? + kl)?;
         let tf = t.elapsed().as_secs_f64();
         opt.backward_step(&loss)?;

@@ -385,11 +385,13 @@ impl Hvae {
     /// Conditioning features from the projections [B, 1, D, D] and the pose vectors [B, 6].
     pub fn condition(&self, proj: &Tensor, pose: &Tensor) -> Result<Condition> {
         let levels = self.arch.levels();
-        let mut p = vec![self.proj_in.forward(proj)?];
+        let mut cur = self.proj_in.forward(proj)?;
+        let mut p = Vec::with_capacity(levels);
         for dn in &self.proj_down {
-            let next = dn.forward(p.last().expect("level 0 present"))?;
-            p.push(next);
+            let next = dn.forward(&cur)?;
+            p.push(std::mem::replace(&mut cur, next));
         }
+        p.push(cur);
         let b = pose.dim(0)?;
         let s = self.d >> (levels - 1);
         let mut h = pose.clone();
@@ -400,11 +402,13 @@ impl Hvae {
                 h = candle_nn::ops::leaky_relu(&h, 0.2)?;
             }
         }
-        let mut e = vec![self.pose_in.forward(&h.reshape((b, 1, s, s))?)?];
+        let mut cur = self.pose_in.forward(&h.reshape((b, 1, s, s))?)?;
+        let mut e = Vec::with_capacity(levels);
         for l in (0..levels - 1).rev() {
-            let next = self.pose_up[l].forward(e.last().expect("coarsest level present"))?;
-            e.push(next);
+            let next = self.pose_up[l].forward(&cur)?;
+            e.push(std::mem::replace(&mut cur, next));
         }
+        e.push(cur);
         e.reverse();
         Ok(Condition { proj: p, pose: e })
     }
