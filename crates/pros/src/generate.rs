@@ -55,22 +55,9 @@ pub struct Generated {
     pub seconds: f64,
 }
 
+/// Pearson correlation (`cryoforge_analysis`); 0 for a constant image.
 fn corr(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x as f64 - ma, *y as f64 - mb);
-        sab += x * y;
-        saa += x * x;
-        sbb += y * y;
-    }
-    if saa > 0.0 && sbb > 0.0 {
-        sab / (saa * sbb).sqrt()
-    } else {
-        0.0
-    }
+    cryoforge_analysis::traverse::pearson(a, b).unwrap_or(0.0)
 }
 
 /// Generates into `out_dir` (auxiliary.mrcs, auxiliary.star, generate.json). `cond` must
