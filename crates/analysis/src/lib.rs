@@ -37,7 +37,7 @@ pub use error::{AnalysisError, Result};
 pub use kmeans::{kmeans, standardize, KMeans, KMeansOptions, Standardizer};
 pub use knn::{exact_knn, nn_descent, Knn, NnDescentOptions};
 pub use matrix::{Matrix, MatrixView, Real};
-pub use metrics::{adjusted_rand_index, trustworthiness};
+pub use metrics::{adjusted_rand_index, roc_auc, trustworthiness};
 pub use pca::Pca;
 pub use traverse::{
     cluster_centres_snapped, nearest_index, nearest_indices, pc_traversal, pearson, percentile, spearman,

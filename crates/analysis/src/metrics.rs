@@ -124,9 +124,64 @@ pub fn adjusted_rand_index(a: &[usize], b: &[usize]) -> Result<f64> {
     Ok((index - expected) / (max - expected))
 }
 
+/// Area under the ROC curve of `scores` for telling `positive` points from the others
+/// (the Mann–Whitney U statistic / (n₊·n₋), ties counted ½): 1 when every positive scores
+/// above every negative, 0.5 for chance.
+///
+/// Errors: different lengths, a non-finite score (with its index), or no positive or no
+/// negative point.
+pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Result<f64> {
+    if scores.len() != positive.len() {
+        return Err(AnalysisError::DimensionMismatch {
+            what: "roc_auc: scores and labels",
+            expected: scores.len(),
+            got: positive.len(),
+        });
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(crate::error::invalid("roc_auc scores", format!("score {i} is {}", scores[i])));
+    }
+    let np = positive.iter().filter(|&&p| p).count();
+    let nn = positive.len() - np;
+    if np == 0 || nn == 0 {
+        return Err(crate::error::invalid("roc_auc labels", "needs both positive and negative points"));
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Mid-ranks over ties; U = Σ ranks of positives − n₊(n₊+1)/2.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if positive[k] {
+                rank_sum += mid;
+            }
+        }
+        i = j + 1;
+    }
+    let u = rank_sum - (np as f64) * (np as f64 + 1.0) / 2.0;
+    Ok(u / (np as f64 * nn as f64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roc_auc_known_values() {
+        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]).unwrap(), 1.0);
+        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]).unwrap(), 0.0);
+        // One inversion of four pairs; ties count one half.
+        assert_eq!(roc_auc(&[0.1, 0.6, 0.5, 0.9], &[false, false, true, true]).unwrap(), 0.75);
+        assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]).unwrap(), 0.5);
+        assert!(roc_auc(&[0.5, 0.5], &[true, true]).is_err());
+        assert!(roc_auc(&[f64::NAN, 0.5], &[false, true]).is_err());
+    }
 
     #[test]
     fn ari_cases() {

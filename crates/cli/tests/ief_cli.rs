@@ -182,3 +182,234 @@ fn ranker_score_and_features() {
     );
     assert!(!d.path().join("z.npy").exists());
 }
+
+/// Pre-training → ranker fine-tuning from the pre-trained encoder → scoring with the
+/// trained ranker → clustering features, end to end through the CLI (tiny runs).
+#[test]
+fn pretrain_ranker_train_score_and_cluster() {
+    let d = tempfile::tempdir().unwrap();
+    let sim = d.path().join("sim");
+    let pdb = demo_pdb();
+    ok(&run(&[
+        "-q",
+        "simulate",
+        "--model",
+        pdb.to_str().unwrap(),
+        "--n",
+        "48",
+        "--box",
+        "32",
+        "--apix",
+        "4",
+        "--snr",
+        "0.5",
+        "--junk",
+        "0.5",
+        "--seed",
+        "5",
+        "--out",
+        sim.to_str().unwrap(),
+    ]));
+    let star = sim.join("particles.star");
+    let truth = sim.join("truth.csv");
+    let pt = d.path().join("pt");
+    ok(&run(&[
+        "-q",
+        "ief",
+        "pretrain",
+        star.to_str().unwrap(),
+        "--out",
+        pt.to_str().unwrap(),
+        "--img-size",
+        "32",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "2",
+    ]));
+    for f in ["config.json", "metrics.csv", "train.json", "weights.safetensors"] {
+        assert!(pt.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(std::fs::read_to_string(pt.join("metrics.csv")).unwrap().lines().count(), 4);
+    // Resume extends the run.
+    ok(&run(&[
+        "-q",
+        "ief",
+        "pretrain",
+        star.to_str().unwrap(),
+        "--out",
+        pt.to_str().unwrap(),
+        "--resume",
+        "--steps",
+        "4",
+    ]));
+    assert_eq!(std::fs::read_to_string(pt.join("metrics.csv")).unwrap().lines().count(), 5);
+    let enc = pt.join("weights.safetensors");
+    let rk = d.path().join("rk");
+    ok(&run(&[
+        "-q",
+        "ranker",
+        "train",
+        star.to_str().unwrap(),
+        "--labels",
+        truth.to_str().unwrap(),
+        "--column",
+        "junk",
+        "--good-values",
+        "none",
+        "--init",
+        enc.to_str().unwrap(),
+        "--out",
+        rk.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+    ]));
+    let tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rk.join("train.json")).unwrap()).unwrap();
+    assert_eq!(tj["steps"], 4);
+    let scored = d.path().join("scored");
+    ok(&run(&[
+        "-q",
+        "ranker",
+        "score",
+        star.to_str().unwrap(),
+        "--weights",
+        rk.join("weights.safetensors").to_str().unwrap(),
+        "--out",
+        scored.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read_to_string(scored.join("scores.csv")).unwrap().lines().count(), 49);
+    // A student distilled from that ranker.
+    let ds = d.path().join("ds");
+    ok(&run(&[
+        "-q",
+        "ranker",
+        "distill",
+        star.to_str().unwrap(),
+        "--teacher",
+        rk.join("weights.safetensors").to_str().unwrap(),
+        "--out",
+        ds.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+    ]));
+    let dj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ds.join("distill.json")).unwrap()).unwrap();
+    assert!(dj["spearman_with_teacher"].as_f64().unwrap().abs() <= 1.0);
+    assert_eq!(std::fs::read_to_string(ds.join("teacher_scores.csv")).unwrap().lines().count(), 49);
+    fails_with(
+        &run(&[
+            "ranker",
+            "distill",
+            star.to_str().unwrap(),
+            "--teacher",
+            enc.to_str().unwrap(),
+            "--out",
+            d.path().join("w").to_str().unwrap(),
+        ]),
+        &["no ranker head"],
+    );
+    let cl = d.path().join("cl");
+    ok(&run(&[
+        "-q",
+        "ief",
+        "cluster",
+        star.to_str().unwrap(),
+        "--weights",
+        enc.to_str().unwrap(),
+        "--k",
+        "3",
+        "--labels",
+        truth.to_str().unwrap(),
+        "--column",
+        "junk",
+        "--umap-max",
+        "40",
+        "--out",
+        cl.to_str().unwrap(),
+    ]));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cl.join("summary.json")).unwrap()).unwrap();
+    let sizes: Vec<u64> = s["sizes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(sizes.iter().sum::<u64>(), 48);
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+    assert!(s["purity"].as_f64().unwrap() >= 0.5);
+    assert!(cl.join("cluster_01.star").is_file() && cl.join("umap.csv").is_file());
+    let html = std::fs::read_to_string(cl.join("report.html")).unwrap();
+    assert!(html.contains("UMAP by cluster"), "report lacks the UMAP");
+    assert_eq!(std::fs::read_to_string(cl.join("umap.csv")).unwrap().lines().count(), 41);
+    // Features from a file give the same clusters.
+    let f = d.path().join("f.npy");
+    ok(&run(&[
+        "-q",
+        "ief",
+        "features",
+        star.to_str().unwrap(),
+        "--weights",
+        enc.to_str().unwrap(),
+        "-o",
+        f.to_str().unwrap(),
+    ]));
+    let cl2 = d.path().join("cl2");
+    ok(&run(&[
+        "-q",
+        "ief",
+        "cluster",
+        star.to_str().unwrap(),
+        "--features",
+        f.to_str().unwrap(),
+        "--k",
+        "3",
+        "--umap-max",
+        "0",
+        "--out",
+        cl2.to_str().unwrap(),
+    ]));
+    // (float16 features: the same partition up to rounding; sizes agree)
+    let s2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cl2.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s2["particles"], 48);
+    // Bad input: labels of another length, a categorical column without --good-values.
+    let short = d.path().join("short.csv");
+    std::fs::write(&short, "junk\nnone\nnoise\n").unwrap();
+    fails_with(
+        &run(&[
+            "ranker",
+            "train",
+            star.to_str().unwrap(),
+            "--labels",
+            short.to_str().unwrap(),
+            "--column",
+            "junk",
+            "--good-values",
+            "none",
+            "--out",
+            d.path().join("x").to_str().unwrap(),
+        ]),
+        &["short.csv", "2 labels", "48 particles"],
+    );
+    fails_with(
+        &run(&[
+            "ranker",
+            "train",
+            star.to_str().unwrap(),
+            "--labels",
+            truth.to_str().unwrap(),
+            "--column",
+            "junk",
+            "--out",
+            d.path().join("y").to_str().unwrap(),
+        ]),
+        &["truth.csv", "column junk", "particle 0", "--good-values"],
+    );
+    fails_with(
+        &run(&["ief", "cluster", star.to_str().unwrap(), "--out", d.path().join("z").to_str().unwrap()]),
+        &["--features", "--weights"],
+    );
+}

@@ -51,7 +51,7 @@ impl RankerHead {
     /// Logits before the last non-linearity: [B, 1] (v1.5) or [B, 2] (v1).
     pub fn logits(&self, cls: &Tensor, train: bool) -> Result<Tensor> {
         let h = match &self.norm {
-            Some((w, b)) if train => cryoforge_nn::ops::layer_norm(cls, Some(w), Some(b), HEAD_LN_EPS)?,
+            Some((w, b)) if train => cryoforge_nn::norm::layer_norm_train(cls, w, b, HEAD_LN_EPS)?,
             Some((w, b)) => candle_nn::ops::layer_norm(cls, w, b, HEAD_LN_EPS as f32)?,
             None => cls.clone(),
         };

@@ -11,10 +11,14 @@
 //! memory O(batch) passes over a stack: L2-normalised CLS features and scores).
 
 pub mod attention;
+pub mod augment;
 pub mod head;
 pub mod infer;
 pub mod knn;
+pub mod moco;
 pub mod preprocess;
+pub mod rank;
+pub mod views;
 pub mod vit;
 pub mod weights;
 

@@ -77,13 +77,22 @@ impl VitConfig {
         }
     }
 
-    /// `base`, `small` or `tiny`.
+    /// The CPU training preset: 64 px in 16-px patches (4 × 4 + 1 tokens), width 192,
+    /// 6 blocks, 3 heads (the `tiny` encoder's body at the box most particle stacks are
+    /// downsampled to for heterogeneity work; one MoCo step of two views costs ≈ 0.75 GFLOP
+    /// per particle, ≈ 75 particles/s on 2 cores).
+    pub fn cpu() -> VitConfig {
+        VitConfig { img_size: 64, patch: 16, ..VitConfig::tiny() }
+    }
+
+    /// `base`, `small`, `tiny` or `cpu`.
     pub fn preset(name: &str) -> Result<VitConfig> {
         match name.to_ascii_lowercase().as_str() {
             "base" | "vit-b" | "vit_base" => Ok(VitConfig::base()),
             "small" | "vit-s" | "vit_small" => Ok(VitConfig::small()),
-            "tiny" | "cpu" => Ok(VitConfig::tiny()),
-            o => Err(IefError::msg(format!("ViT preset {o:?}: expected base, small or tiny"))),
+            "tiny" => Ok(VitConfig::tiny()),
+            "cpu" => Ok(VitConfig::cpu()),
+            o => Err(IefError::msg(format!("ViT preset {o:?}: expected base, small, tiny or cpu"))),
         }
     }
 
@@ -162,7 +171,7 @@ pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &Device) -> Result<Tensor>
 fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     Ok(match mode {
         Mode::Eval => candle_nn::ops::layer_norm(x, w, b, eps as f32)?,
-        Mode::Train => cryoforge_nn::ops::layer_norm(x, Some(w), Some(b), eps)?,
+        Mode::Train => cryoforge_nn::norm::layer_norm_train(x, w, b, eps)?,
     })
 }
 
@@ -191,8 +200,9 @@ impl Norm {
 /// variance) for evaluation.
 #[derive(Debug)]
 pub struct TokenBatchNorm {
-    weight: Tensor,
-    bias: Tensor,
+    /// None for `affine = False` (MoCo v3's last projector layer).
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
     running_mean: Mutex<Tensor>,
     running_var: Mutex<Tensor>,
     eps: f64,
@@ -201,9 +211,29 @@ pub struct TokenBatchNorm {
 
 impl TokenBatchNorm {
     fn new(c: usize, eps: f64, vb: VarBuilder, buffers: VarBuilder) -> Result<TokenBatchNorm> {
+        TokenBatchNorm::with_affine(c, eps, true, vb, buffers)
+    }
+
+    /// A BatchNorm of `c` channels with (`affine`) or without a learnt scale and shift;
+    /// parameters under `vb`, running statistics under `buffers`.
+    pub fn with_affine(
+        c: usize,
+        eps: f64,
+        affine: bool,
+        vb: VarBuilder,
+        buffers: VarBuilder,
+    ) -> Result<TokenBatchNorm> {
+        let (weight, bias) = if affine {
+            (
+                Some(vb.get_with_hints(c, "weight", Init::Const(1.0))?),
+                Some(vb.get_with_hints(c, "bias", Init::Const(0.0))?),
+            )
+        } else {
+            (None, None)
+        };
         Ok(TokenBatchNorm {
-            weight: vb.get_with_hints(c, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(c, "bias", Init::Const(0.0))?,
+            weight,
+            bias,
             running_mean: Mutex::new(buffers.get_with_hints(c, "running_mean", Init::Const(0.0))?),
             running_var: Mutex::new(buffers.get_with_hints(c, "running_var", Init::Const(1.0))?),
             eps,
@@ -211,7 +241,7 @@ impl TokenBatchNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let flat = x.reshape((b * n, c))?;
         let y = match mode {
@@ -219,28 +249,53 @@ impl TokenBatchNorm {
                 let rm = lock(&self.running_mean)?.clone();
                 let rv = lock(&self.running_var)?.clone();
                 let inv = (rv + self.eps)?.sqrt()?.recip()?;
-                let scale = (&self.weight * inv)?;
-                let shift = (&self.bias - (rm * &scale)?)?;
+                let scale = match &self.weight {
+                    Some(w) => (w * inv)?,
+                    None => inv,
+                };
+                let shift = (rm * &scale)?.neg()?;
+                let shift = match &self.bias {
+                    Some(b) => (b + shift)?,
+                    None => shift,
+                };
                 flat.broadcast_mul(&scale)?.broadcast_add(&shift)?
             }
             Mode::Train => {
                 let m = (b * n) as f64;
-                let mean = flat.mean_keepdim(0)?;
-                let xc = flat.broadcast_sub(&mean)?;
-                let var = xc.sqr()?.mean_keepdim(0)?;
-                let y = xc.broadcast_div(&(&var + self.eps)?.sqrt()?)?;
-                {
-                    let mom = self.momentum;
-                    let unbiased = (var.detach().squeeze(0)? * (m / (m - 1.0).max(1.0)))?;
-                    let mut rm = lock(&self.running_mean)?;
-                    *rm = ((&*rm * (1.0 - mom))? + (mean.detach().squeeze(0)? * mom)?)?;
-                    let mut rv = lock(&self.running_var)?;
-                    *rv = ((&*rv * (1.0 - mom))? + (unbiased * mom)?)?;
-                }
-                y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?
+                let ones;
+                let zeros;
+                let (w, bb) = match (&self.weight, &self.bias) {
+                    (Some(w), Some(bb)) => (w, bb),
+                    _ => {
+                        ones = Tensor::ones(c, DType::F32, flat.device())?;
+                        zeros = Tensor::zeros(c, DType::F32, flat.device())?;
+                        (&ones, &zeros)
+                    }
+                };
+                let (y, mean, var) = cryoforge_nn::norm::batch_norm_train(&flat, w, bb, self.eps)?;
+                let mom = self.momentum;
+                let unbiased = (var * (m / (m - 1.0).max(1.0)))?;
+                let mut rm = lock(&self.running_mean)?;
+                *rm = ((&*rm * (1.0 - mom))? + (mean * mom)?)?;
+                let mut rv = lock(&self.running_var)?;
+                *rv = ((&*rv * (1.0 - mom))? + (unbiased * mom)?)?;
+                y
             }
         };
         Ok(y.reshape((b, n, c))?)
+    }
+
+    /// BatchNorm1d of rows [B, C] (the projector's and predictor's).
+    pub fn forward_rows(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (b, c) = x.dims2()?;
+        Ok(self.forward(&x.reshape((b, 1, c))?, mode)?.reshape((b, c))?)
+    }
+
+    /// Replaces the running statistics (checkpoint restore).
+    pub fn set_buffers(&self, mean: Tensor, var: Tensor) -> Result<()> {
+        *lock(&self.running_mean)? = mean;
+        *lock(&self.running_var)? = var;
+        Ok(())
     }
 
     /// (running_mean, running_var).
@@ -297,8 +352,12 @@ impl Block {
         let (b, n, c) = x.dims3()?;
         let dh = c / self.heads;
         let qkv = self.qkv.forward(&x.reshape((b * n, c))?)?;
-        if mode == Mode::Eval && qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
-            let o = crate::attention::attention_eval(&qkv, b, n, self.heads, 1.0 / (dh as f64).sqrt())?;
+        if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+            let scale = 1.0 / (dh as f64).sqrt();
+            let o = match mode {
+                Mode::Eval => crate::attention::attention_eval(&qkv, b, n, self.heads, scale)?,
+                Mode::Train => crate::attention::attention_train(&qkv, b, n, self.heads, scale)?,
+            };
             return Ok(self.proj.forward(&o)?.reshape((b, n, c))?);
         }
         let qkv = qkv.reshape((b, n, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
@@ -435,6 +494,31 @@ impl Vit {
             }
         }
         Ok(v)
+    }
+}
+
+impl Vit {
+    /// Restores BatchNorm running statistics saved by [`Vit::buffers`] (names without a
+    /// prefix; `pos_embed` is fixed and skipped). Errors name a missing or misshapen tensor.
+    pub fn load_buffers(&self, t: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let c = self.cfg.embed_dim;
+        for (i, b) in self.blocks.iter().enumerate() {
+            if let BlockNorm2::Batch(bn) = &b.norm2 {
+                let get = |s: &str| -> Result<Tensor> {
+                    let name = format!("blocks.{i}.norm2.{s}");
+                    let x = t.get(&name).ok_or_else(|| IefError::msg(format!("buffer {name} missing")))?;
+                    if x.dims() != [c] {
+                        return Err(IefError::msg(format!(
+                            "buffer {name} has shape {:?}, expected [{c}]",
+                            x.dims()
+                        )));
+                    }
+                    Ok(x.to_dtype(DType::F32)?.to_device(self.device())?)
+                };
+                bn.set_buffers(get("running_mean")?, get("running_var")?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -150,6 +150,38 @@ fn strip(raw: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, String, Vec<
     (out, prefix, other)
 }
 
+/// The backbone tensors of a file (names without prefix), its architecture and the prefix
+/// stripped: what training starts from.
+pub fn read_backbone(
+    path: &Path,
+    heads: Option<usize>,
+) -> Result<(HashMap<String, Tensor>, VitConfig, String)> {
+    let raw = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| IefError::msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
+    let (t, prefix, _) = strip(raw);
+    let cfg = infer_config(&t, heads, path)?;
+    cfg.check().map_err(|e| IefError::msg(format!("{}: {e}", path.display())))?;
+    for (name, shape) in expected_tensors(&cfg) {
+        match t.get(&name) {
+            None => {
+                return Err(IefError::msg(format!(
+                    "{}: tensor {prefix}{name} missing (expected shape {shape:?})",
+                    path.display()
+                )))
+            }
+            Some(x) if x.dims() != shape.as_slice() => {
+                return Err(IefError::msg(format!(
+                    "{}: tensor {prefix}{name} has shape {:?}, expected {shape:?}",
+                    path.display(),
+                    x.dims()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok((t, cfg, prefix))
+}
+
 /// Loads `path` onto `dev`. `heads` overrides the number of attention heads (not stored
 /// in the file).
 pub fn load_model(path: &Path, heads: Option<usize>, dev: &Device) -> Result<LoadedModel> {

@@ -12,6 +12,7 @@
 //!   (continuity, clash, elastic network with adaptive relaxation).
 //! - [`structure`]: pair lists from a reference structure by cell lists (never R×R).
 //! - [`ops`]: differentiable LayerNorm, softmax and log-softmax.
+//! - [`norm`]: fused differentiable LayerNorm and BatchNorm (CPU kernels with explicit backward).
 //! - [`conv`]: 2-D convolution with a fused CPU forward and backward (im2col + gemm).
 //! - [`optim`]: fused in-place Adam/AdamW with parameter groups, clipping, NaN skipping.
 //! - [`checkpoint`]: safetensors weights + optimiser state + step + RNG state.
@@ -49,6 +50,7 @@ pub mod checkpoint;
 pub mod conv;
 pub mod data;
 pub mod loss;
+pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod parallel;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 mod abinit;
 mod class2d;
+mod clusters;
 mod orient;
 mod pros;
 mod ranker;
@@ -46,6 +47,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Simulate => b.simulate(dir, ""),
         DirKind::Demo => b.demo(dir),
         DirKind::Pros => b.pros(dir),
+        DirKind::Clusters => b.clusters(dir, ""),
     };
     let mut sections = sections;
     sections.push(b.files(dir, ""));
@@ -738,6 +740,7 @@ impl Builder {
                 Ok(DirKind::Abinit) => out.extend(self.abinit(&sd, &name)),
                 Ok(DirKind::Class2d) => out.extend(self.class2d(&sd, &name)),
                 Ok(DirKind::Ranker) => out.extend(self.ranker(&sd, &name)),
+                Ok(DirKind::Clusters) => out.extend(self.clusters(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
                 Ok(DirKind::Demo) | Ok(DirKind::Pros) | Err(_) => {}

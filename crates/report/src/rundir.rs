@@ -43,6 +43,8 @@ pub enum DirKind {
     Demo,
     /// `cryoforge pros run` output: summary.json + iter_01/train.
     Pros,
+    /// `cryoforge ief cluster` output: summary.json + clusters.csv.
+    Clusters,
 }
 
 impl DirKind {
@@ -59,6 +61,7 @@ impl DirKind {
             DirKind::Simulate => "simulated dataset",
             DirKind::Demo => "demo",
             DirKind::Pros => "cryoPROS",
+            DirKind::Clusters => "feature clusters",
         }
     }
 }
@@ -96,6 +99,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     if dir.join("classes.csv").is_file() && dir.join("summary.json").is_file() {
         return Ok(DirKind::Abinit);
     }
+    if dir.join("clusters.csv").is_file() && dir.join("summary.json").is_file() {
+        return Ok(DirKind::Clusters);
+    }
     if dir.join("orient.json").is_file() {
         return Ok(DirKind::Orient);
     }
@@ -115,7 +121,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv + particles_scored.star (ranker score)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv + particles_scored.star (ranker score) or summary.json + clusters.csv (ief cluster)",
     ))
 }
 
