@@ -182,17 +182,6 @@ struct AttnOp {
     scale: f32,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("attention: f32 expected"),
-    };
-    let (a, z) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("attention: contiguous input expected".into()))?;
-    Ok(&v[a..z])
-}
-
 impl CustomOp1 for AttnOp {
     fn name(&self) -> &'static str {
         "cryoforge-attention"
@@ -201,7 +190,7 @@ impl CustomOp1 for AttnOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, c3) = l.shape().dims2()?;
         let c = check_qkv(rows, c3, self.b, self.n, self.heads).map_err(candle_core::Error::Msg)?;
-        let src = slice(s, l)?;
+        let src = cryoforge_nn::ops::f32_slice(s, l, "attention")?;
         let mut out = vec![0f32; rows * c];
         forward_into(src, &mut out, self.b, self.n, self.heads, c, self.scale);
         Ok((CpuStorage::F32(out), Shape::from((rows, c))))
@@ -233,7 +222,16 @@ impl CustomOp2 for AttnGrad {
             candle_core::bail!("attention backward: gradient {:?}, expected [{rows}, {c}]", l2.shape());
         }
         let mut d = vec![0f32; rows * c3];
-        backward_into(slice(s1, l1)?, slice(s2, l2)?, &mut d, o.b, o.n, o.heads, c, o.scale);
+        backward_into(
+            cryoforge_nn::ops::f32_slice(s1, l1, "attention backward")?,
+            cryoforge_nn::ops::f32_slice(s2, l2, "attention backward")?,
+            &mut d,
+            o.b,
+            o.n,
+            o.heads,
+            c,
+            o.scale,
+        );
         Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
 }

@@ -73,7 +73,7 @@ impl LayerNorm {
 const CHUNK: usize = 1 << 14;
 
 /// The f32 values of a contiguous CPU tensor (custom-op kernels), or an error naming `what`.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v,
         _ => candle_core::bail!("{what}: f32 input expected"),
