@@ -55,6 +55,8 @@ enum Command {
     Ranker(cmd::ranker::Args),
     /// cryoPROS: auxiliary particles for preferred-orientation data.
     Pros(cmd::pros::Args),
+    /// CryoWizard: ranked subsets, ab initio, refinement, orientation gate, particle-number search.
+    Wizard(cmd::wizard::Args),
 }
 
 /// Commands that split their work over MPI ranks (`mpirun -n K cryoforge …`, built with
@@ -159,6 +161,7 @@ fn main() {
         Command::Ief(a) => cmd::ief::run(a, &ctx),
         Command::Ranker(a) => cmd::ranker::run(a, &ctx),
         Command::Pros(a) => cmd::pros::run(a, &ctx),
+        Command::Wizard(a) => cmd::wizard::run(a, &ctx),
     };
     if let Err(e) = r {
         if world.is_distributed() {

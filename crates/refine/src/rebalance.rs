@@ -4,7 +4,8 @@
 //! bins (empty ones included) are sorted by occupancy and the count at the `percentile`-th
 //! percentile (nearest rank below, `sorted[⌊p/100·(bins−1)⌋]`) becomes the cap: every bin
 //! above it loses particles until it holds the cap. Which particles leave a bin is random
-//! (seeded) or, given a per-particle score, the lowest-scoring ones. Idempotent: the capped
+//! (seeded) or, given a per-particle score, the lowest-scoring ones. The cap is at least 1
+//! (sparse data with more bins than particles keeps one particle per bin). Idempotent: the capped
 //! counts have the same percentile, so a second pass with the same settings keeps
 //! everything (pinned by `tests::rebalancing_is_idempotent_and_caps_bins`).
 
@@ -72,7 +73,9 @@ pub fn rebalance(directions: &[[f64; 3]], score: Option<&[f64]>, cfg: &Rebalance
     let mut sorted = counts_before.clone();
     sorted.sort_unstable();
     let p = cfg.percentile.clamp(0.0, 100.0) / 100.0;
-    let cap = sorted[(p * (cfg.n_bins - 1) as f64).floor() as usize];
+    // At least 1: with more bins than particles the percentile falls on an empty bin, and
+    // a cap of 0 would drop every particle.
+    let cap = sorted[(p * (cfg.n_bins - 1) as f64).floor() as usize].max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut excluded = Vec::new();
     for m in members.iter_mut().filter(|m| m.len() > cap) {
@@ -123,6 +126,11 @@ mod tests {
         let r = rebalance(&d, None, &cfg);
         assert_eq!(r.kept.len() + r.excluded.len(), d.len());
         assert!(r.counts_after.iter().all(|&c| c <= r.cap));
+        // Sparse: more bins than particles still keeps one per occupied bin.
+        let few: Vec<[f64; 3]> =
+            (0..20).map(|i| if i < 15 { [0.0, 0.0, 1.0] } else { [1.0, 0.0, 0.0] }).collect();
+        let s = rebalance(&few, None, &RebalanceConfig { n_bins: 500, ..Default::default() });
+        assert_eq!((s.cap, s.kept.len()), (1, 2));
         assert!(!r.excluded.is_empty());
         // Bins at or below the cap keep everyone.
         for b in 0..cfg.n_bins {

@@ -18,6 +18,7 @@ mod orient;
 mod pros;
 mod ranker;
 mod refine;
+mod wizard;
 
 /// A built report.
 #[derive(Debug, Clone)]
@@ -48,6 +49,7 @@ pub fn build_report(dir: &Path) -> Result<Report> {
         DirKind::Demo => b.demo(dir),
         DirKind::Pros => b.pros(dir),
         DirKind::Clusters => b.clusters(dir, ""),
+        DirKind::Wizard => b.wizard(dir),
     };
     let mut sections = sections;
     sections.push(b.files(dir, ""));
@@ -743,7 +745,7 @@ impl Builder {
                 Ok(DirKind::Clusters) => out.extend(self.clusters(&sd, &name)),
                 Ok(DirKind::Run) => out.extend(self.run(&sd, &name)),
                 Ok(DirKind::Simulate) => out.extend(self.simulate(&sd, &name)),
-                Ok(DirKind::Demo) | Ok(DirKind::Pros) | Err(_) => {}
+                Ok(DirKind::Demo) | Ok(DirKind::Pros) | Ok(DirKind::Wizard) | Err(_) => {}
             }
         }
         out

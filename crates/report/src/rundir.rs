@@ -45,6 +45,8 @@ pub enum DirKind {
     Pros,
     /// `cryoforge ief cluster` output: summary.json + clusters.csv.
     Clusters,
+    /// `cryoforge wizard` output: wizard.json.
+    Wizard,
 }
 
 impl DirKind {
@@ -62,6 +64,7 @@ impl DirKind {
             DirKind::Demo => "demo",
             DirKind::Pros => "cryoPROS",
             DirKind::Clusters => "feature clusters",
+            DirKind::Wizard => "CryoWizard pipeline",
         }
     }
 }
@@ -73,6 +76,9 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     }
     if dir.join("demo.json").is_file() {
         return Ok(DirKind::Demo);
+    }
+    if dir.join("wizard.json").is_file() {
+        return Ok(DirKind::Wizard);
     }
     if dir.join("summary.json").is_file() && dir.join("iter_01").join("train").is_dir() {
         return Ok(DirKind::Pros);
@@ -121,7 +127,7 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
         dir,
         "not a cryoforge output folder: expected demo.json (demo), run.toml with a [run] table \
          (star/sphere training run), run.toml + particles.mrcs (simulate), summary.json + fsc.csv \
-         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv + particles_scored.star (ranker score) or summary.json + clusters.csv (ief cluster)",
+         (reconstruct), those + iterations.jsonl (refine) those + postprocess.mrc (postprocess) orient.json (orient) summary.json + classes.csv (abinit) or summary.json + classes.mrcs (class2d) or summary.json + scores.csv + particles_scored.star (ranker score) or summary.json + clusters.csv (ief cluster) or wizard.json (wizard)",
     ))
 }
 

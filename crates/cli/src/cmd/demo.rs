@@ -109,7 +109,7 @@ impl StepRecord {
 }
 
 /// Parse a subcommand's arguments as its command line would (same defaults).
-fn sub_args<T: clap::Args>(argv: &[String]) -> Result<T> {
+pub(crate) fn sub_args<T: clap::Args>(argv: &[String]) -> Result<T> {
     #[derive(Parser)]
     #[command(name = "cryoforge")]
     struct Wrap<T: clap::Args> {

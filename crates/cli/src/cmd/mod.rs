@@ -23,3 +23,4 @@ pub mod select;
 pub mod simulate;
 pub mod sphere;
 pub mod star;
+pub mod wizard;
