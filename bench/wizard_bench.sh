@@ -4,13 +4,14 @@
 # issue's size):
 #   po:    30 % junk (all four kinds) and preferred orientation (60 % within 30° of z)
 #   clean: uniform poses, no junk
+#   strongpo: 30 % junk and 90 % of the particles within 20° of z (the gate fails)
 # On each: `cryoforge wizard` with defaults (no --weights unless WEIGHTS=file is given:
 # consensus scoring), then, from the same start volume the wizard's search used,
 #   all:    `refine` of every particle
 #   random: `refine` of a random subset of the wizard's final size
 # Every map is docked onto the true map with `align-maps --try-hand` and compared with
 # `fsc` (FSC-to-truth at 0.5 and 0.143). Wall time of every wizard step from wizard.json.
-#   usage: bash bench/wizard_bench.sh            (N=6000 ONLY=po|clean WEIGHTS=w.safetensors)
+#   usage: bash bench/wizard_bench.sh            (N=6000 ONLY=po|clean|strongpo|all WEIGHTS=w.safetensors)
 source "$(dirname "$0")/lib.sh"
 bench_cryoforge
 ensure_time
@@ -86,4 +87,7 @@ PY
 [[ "${ONLY:-po}" == po || -z "${ONLY:-}" || "${ONLY:-}" == all ]] &&
     run_set po 41 --junk 0.3 --poses preferred --po-fraction 0.6 --po-cone 30
 [[ "${ONLY:-}" == clean || "${ONLY:-}" == all ]] && run_set clean 42
+# Strong preferred orientation: the gate fails and the branch runs.
+[[ "${ONLY:-}" == strongpo || "${ONLY:-}" == all ]] &&
+    run_set strongpo 43 --junk 0.3 --poses preferred --po-fraction 0.9 --po-cone 20
 exit 0

@@ -145,3 +145,98 @@ fn wizard_runs_every_step_records_them_and_resumes() {
     );
     assert!(!bad.join("wizard.json").exists());
 }
+
+#[test]
+fn wizard_with_ranker_weights_scores_and_clusters_features() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let pdb = d.join("adk.pdb");
+    std::fs::write(&pdb, model()).unwrap();
+    let sim = d.join("sim");
+    // Strong preferred orientation, so that the gate fails and the k-means branch runs.
+    ok(&run(&[
+        "simulate",
+        "--model",
+        pdb.to_str().unwrap(),
+        "--n",
+        "400",
+        "--box",
+        "48",
+        "--apix",
+        "2.5",
+        "--snr",
+        "0.1",
+        "--junk",
+        "0.3",
+        "--poses",
+        "preferred",
+        "--po-fraction",
+        "0.95",
+        "--po-cone",
+        "10",
+        "--seed",
+        "6",
+        "--out",
+        sim.to_str().unwrap(),
+        "-q",
+    ]));
+    let star = sim.join("particles.star");
+    let rk = d.join("rk");
+    ok(&run(&[
+        "-q",
+        "ranker",
+        "train",
+        star.to_str().unwrap(),
+        "--labels",
+        sim.join("truth.csv").to_str().unwrap(),
+        "--column",
+        "junk",
+        "--good-values",
+        "none",
+        "--out",
+        rk.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--batch-size",
+        "16",
+    ]));
+    let w = rk.join("weights.safetensors");
+    let out = d.join("wiz");
+    let r = run(&[
+        "wizard",
+        star.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--abinit-iterations",
+        "8",
+        "--refine-max-iter",
+        "3",
+        "--healpix-order",
+        "1",
+        "--search-first",
+        "2",
+        "--search-second",
+        "0",
+        "--cluster-k",
+        "2",
+        "--cluster-min-particles",
+        "20",
+        "--cfar-min",
+        "0.99",
+        "--json",
+    ]);
+    ok(&r);
+    let st: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(st["scoring"], "ranker");
+    assert_eq!(st["gate"]["passed"], false, "{}", st["gate"]);
+    assert_eq!(st["branch"]["method"], "kmeans");
+    let cands = st["branch"]["candidates"].as_array().unwrap();
+    assert!(!cands.is_empty() && cands.len() <= 2, "{cands:?}");
+    assert!(out.join("score/scores.csv").is_file());
+    assert!(out.join("branch_200/features/features.npy").is_file());
+    let clusters = std::fs::read_to_string(out.join("branch_200/clusters.csv")).unwrap();
+    assert_eq!(clusters.lines().count(), 401, "the top 8·200 = all 400 particles clustered");
+    assert!(out.join("final_map.mrc").is_file());
+}

@@ -66,6 +66,9 @@ pub struct Args {
     /// Preferred-orientation branch: k-means clusters.
     #[arg(long, default_value_t = 8)]
     pub cluster_k: usize,
+    /// Preferred-orientation branch: clusters with fewer particles are not refined.
+    #[arg(long, default_value_t = 100)]
+    pub cluster_min_particles: usize,
     /// Particle-number search: from the rank where the score drops below this…
     #[arg(long, default_value_t = 0.8)]
     pub score_high: f64,
@@ -318,6 +321,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         cfar_min: a.cfar_min,
         resolution_max_a: a.resolution_max_a,
         cluster_k: a.cluster_k,
+        cluster_min_particles: a.cluster_min_particles,
         score_high: a.score_high,
         score_low: a.score_low,
         search_min: a.search_min,
