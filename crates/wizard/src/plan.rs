@@ -32,12 +32,21 @@ pub struct WizardConfig {
     /// Clamp of the search range.
     pub search_min: usize,
     pub search_max: usize,
+    /// The search range spans at least this fraction of its upper end (cryoforge's
+    /// addition: confident scores put few particles between 0.8 and 0.3, and eight sizes
+    /// within a few dozen particles compare nothing).
+    #[serde(default = "default_span")]
+    pub search_min_span: f64,
     /// Evenly spaced sizes of the first search round.
     pub search_first: usize,
     /// Sizes around the best of the first round.
     pub search_second: usize,
     /// Seed of every random step (k-means, refinement halves, ab initio).
     pub seed: u64,
+}
+
+fn default_span() -> f64 {
+    0.25
 }
 
 impl Default for WizardConfig {
@@ -54,6 +63,7 @@ impl Default for WizardConfig {
             score_low: 0.3,
             search_min: 30_000,
             search_max: 3_000_000,
+            search_min_span: default_span(),
             search_first: 8,
             search_second: 4,
             seed: 0,
@@ -106,6 +116,9 @@ impl WizardConfig {
                 "--search-min {} / --search-max {}: need 1 ≤ min ≤ max",
                 self.search_min, self.search_max
             ));
+        }
+        if !(0.0..1.0).contains(&self.search_min_span) {
+            return Err(format!("--search-min-span {}: must lie in [0, 1)", self.search_min_span));
         }
         if self.search_first < 2 {
             return Err(format!("--search-first {}: need at least 2 sizes", self.search_first));
@@ -217,17 +230,18 @@ pub fn threshold_counts(scores: &[f64], high: f64, low: f64) -> (usize, usize) {
 
 /// The range of the particle-number search: from the count scoring ≥ `score_high` to the
 /// count scoring ≥ `score_low`, both clamped to [search_min, search_max]. When the two meet
-/// (scores all on one side), the range opens downwards to half the upper end (or the lower
-/// clamp), so that the search still compares sizes.
+/// (scores all on one side), the range opens downwards to half the upper end; when it spans
+/// less than `search_min_span` of its upper end, downwards to that span (never below the
+/// lower clamp), so that the search still compares sizes.
 pub fn search_range(scores: &[f64], cfg: &WizardConfig, sc: &Scaled) -> (usize, usize) {
     let (a, b) = threshold_counts(scores, cfg.score_high, cfg.score_low);
     let clamp = |x: usize| x.clamp(sc.search_min, sc.search_max);
     let (lo, hi) = (clamp(a), clamp(b));
-    if hi > lo {
-        (lo, hi)
-    } else {
-        (clamp(hi / 2).min(hi), hi)
+    if hi <= lo {
+        return (clamp(hi / 2).min(hi), hi);
     }
+    let widest_lo = clamp(hi - (cfg.search_min_span * hi as f64).round() as usize);
+    (lo.min(widest_lo), hi)
 }
 
 /// `count` evenly spaced sizes from `lo` to `hi` inclusive (duplicates dropped).
@@ -333,10 +347,10 @@ mod tests {
     fn search_sizes() {
         let c = WizardConfig::default();
         let sc = c.scaled(20_000, 1.0);
-        // 12,000 particles ≥ 0.8, 16,000 ≥ 0.3.
+        // 11,000 particles ≥ 0.8, 16,000 ≥ 0.3.
         let scores: Vec<f64> = (0..20_000)
             .map(|i| {
-                if i < 12_000 {
+                if i < 11_000 {
                     0.9
                 } else if i < 16_000 {
                     0.5
@@ -346,10 +360,23 @@ mod tests {
             })
             .collect();
         let (lo, hi) = search_range(&scores, &c, &sc);
-        assert_eq!((lo, hi), (12_000, 16_000));
+        assert_eq!((lo, hi), (11_000, 16_000));
         let f = first_round(lo, hi, 8);
         assert_eq!(f.len(), 8);
-        assert_eq!((f[0], f[7]), (12_000, 16_000));
+        assert_eq!((f[0], f[7]), (11_000, 16_000));
+        // Confident scores (15,500 ≥ 0.8, 16,000 ≥ 0.3): widened to 25 % of the upper end.
+        let sharp: Vec<f64> = (0..20_000)
+            .map(|i| {
+                if i < 15_500 {
+                    0.9
+                } else if i < 16_000 {
+                    0.5
+                } else {
+                    0.1
+                }
+            })
+            .collect();
+        assert_eq!(search_range(&sharp, &c, &sc), (12_000, 16_000));
         let s = second_round(f[3], lo, hi, 8, 4, &f);
         assert_eq!(s.len(), 4);
         assert!(s.iter().all(|x| *x > f[2] && *x < f[4] && !f.contains(x)), "{s:?} around {}", f[3]);

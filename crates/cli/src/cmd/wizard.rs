@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 ///    8·P particles and every cluster refined; without, the top P rebalanced by viewing
 ///    direction (`rebalance`) and refined. The finest passing volume is the start of:
 /// 4. The particle-number search: 8 sizes evenly spaced between the ranks where the score
-///    drops below 0.8 and 0.3 (clamped to [30,000, 3,000,000], lower bound at most N/10),
-///    then 4 around the best; the finest refinement with cFAR ≥ 0.15 wins.
+///    drops below 0.8 and 0.3 (clamped to [30,000, 3,000,000], lower bound at most N/10;
+///    spanning at least --search-min-span of the upper end), then 4 around the best; the
+///    finest refinement with cFAR ≥ 0.15 wins.
 ///
 /// Writes OUT/wizard.json (every step: status, time, folder, equivalent command; the gate
 /// decisions; the search), OUT/scores.csv, one folder per step, OUT/final_map.mrc,
@@ -81,6 +82,10 @@ pub struct Args {
     /// Upper clamp of the search.
     #[arg(long, default_value_t = 3_000_000)]
     pub search_max: usize,
+    /// The search range spans at least this fraction of its upper end (widened downwards
+    /// when the scores are so confident that few particles lie between the thresholds).
+    #[arg(long, default_value_t = 0.25)]
+    pub search_min_span: f64,
     /// Sizes in the first search round.
     #[arg(long, default_value_t = 8)]
     pub search_first: usize,
@@ -326,6 +331,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         score_low: a.score_low,
         search_min: a.search_min,
         search_max: a.search_max,
+        search_min_span: a.search_min_span,
         search_first: a.search_first,
         search_second: a.search_second,
         seed: a.seed,
