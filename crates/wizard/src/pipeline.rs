@@ -210,12 +210,17 @@ impl<'a, R: Runner> Wizard<'a, R> {
         let mut seconds_before = 0.0;
         if resume {
             let old = read_state(out)?;
-            if old.config != cfg || old.settings != settings || old.particles != n {
+            let mut diff = differing_keys(&serde_json::to_value(&old.config)?, &serde_json::to_value(&cfg)?);
+            diff.extend(differing_keys(&old.settings, &settings));
+            if old.particles != n {
+                diff.push(format!("particles ({} then, {n} now)", old.particles));
+            }
+            if !diff.is_empty() {
                 bail!(
-                    "{}: --resume with other settings or another input ({} particles then, {n} now); \
+                    "{}: --resume with other settings or another input ({}); \
                      rerun with the same options, or start afresh in a new --out",
                     out.join(STATE_FILE).display(),
-                    old.particles
+                    diff.join(", ")
                 );
             }
             seconds_before = old.seconds;
@@ -681,6 +686,26 @@ impl<'a, R: Runner> Wizard<'a, R> {
         ));
         self.state.search.push(SearchPoint { candidate: c, round, min_score, passes_cfar });
         self.save()
+    }
+}
+
+/// Keys of two JSON objects whose values differ, as "key (then → now)".
+fn differing_keys(a: &Value, b: &Value) -> Vec<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| x.get(*k) != y.get(*k))
+                .map(|k| {
+                    let show = |v: Option<&Value>| v.map_or("unset".to_string(), |v| v.to_string());
+                    format!("{k}: {} then, {} now", show(x.get(k)), show(y.get(k)))
+                })
+                .collect()
+        }
+        _ if a == b => Vec::new(),
+        _ => vec![format!("{a} then, {b} now")],
     }
 }
 
