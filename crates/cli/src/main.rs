@@ -55,7 +55,6 @@ enum Command {
     Ranker(cmd::ranker::Args),
     /// cryoPROS: auxiliary particles for preferred-orientation data.
     Pros(cmd::pros::Args),
-    /// CryoWizard: ranked subsets, ab initio, refinement, orientation gate, particle-number search.
     Wizard(cmd::wizard::Args),
 }
 
