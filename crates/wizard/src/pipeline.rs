@@ -283,7 +283,8 @@ impl<'a, R: Runner> Wizard<'a, R> {
         dir: &str,
         f: impl FnOnce(&mut R, &Path) -> Result<Done<T>>,
     ) -> Result<T> {
-        if let Some(p) = self.prev.get(name) {
+        // A step done earlier is reused only while its folder is still there.
+        if let Some(p) = self.prev.get(name).filter(|p| self.out.join(&p.dir).exists()) {
             if let Ok(v) = serde_json::from_value::<T>(p.result.clone()) {
                 let mut rec = p.clone();
                 rec.resumed = true;

@@ -246,6 +246,15 @@ fn a_failed_step_names_itself_and_resume_continues() {
     assert_eq!(st.status, "done");
     let reused = st.steps.iter().filter(|s| s.resumed).count();
     assert_eq!(reused, 1 + 2 + 2 + 1, "score, 2 abinit, 2 initial refines, 1 search refine");
+    // A step whose folder was removed runs again on the next resume.
+    std::fs::remove_dir_all(t.path().join("initial_2000/refine")).unwrap();
+    let mut r3 = Fake::new(false);
+    let st3 = Wizard::new(t.path(), &mut r3, cfg(), serde_json::Value::Null, "test".into(), true)
+        .unwrap()
+        .run()
+        .unwrap();
+    let rerun: Vec<&str> = st3.steps.iter().filter(|s| !s.resumed).map(|s| s.name.as_str()).collect();
+    assert_eq!(rerun, vec!["initial_2000 refine"]);
     // The resumed run equals an uninterrupted one.
     let u = tempfile::tempdir().unwrap();
     let full =
