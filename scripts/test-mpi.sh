@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 [ -e /usr/include/x86_64-linux-gnu/mpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] || need+=(libopenmpi-dev)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# bindgen needs libclang itself (libclang.so / libclang-N.so), not libclang-cpp.
+{ ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+    /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* 2>/dev/null || true; } | grep -q . || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test-mpi: installing ${need[*]} (apt-get)"
     sudo=""

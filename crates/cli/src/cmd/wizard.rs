@@ -98,6 +98,10 @@ pub struct Args {
     /// Symmetry of ab initio and refinement.
     #[arg(long, default_value = "C1")]
     pub sym: String,
+    /// Particles are protein-dark: flip their sign in ab initio and refinement (as their
+    /// `--invert`; the ranker's preprocessing takes particles as stored).
+    #[arg(long)]
+    pub invert: bool,
     /// Seed of every random step.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -205,7 +209,7 @@ impl Runner for CliRunner<'_> {
     fn abinit(&mut self, particles: &Path, dir: &Path) -> Result<Done<PathBuf>> {
         let n = ParticleStack::load(particles, &Default::default())?.len();
         let batch = 300.min((n / 2).max(1));
-        let argv = vec![
+        let mut argv = vec![
             s(particles),
             "--out".into(),
             s(dir),
@@ -218,6 +222,9 @@ impl Runner for CliRunner<'_> {
             "--batch".into(),
             batch.to_string(),
         ];
+        if self.a.invert {
+            argv.push("--invert".into());
+        }
         let a: crate::cmd::abinit::Args = sub_args(&argv)?;
         crate::cmd::abinit::run(a, &self.sub)?;
         let m = dir.join("class_001.mrc");
@@ -228,7 +235,7 @@ impl Runner for CliRunner<'_> {
     }
 
     fn refine(&mut self, particles: &Path, reference: &Path, dir: &Path) -> Result<Done<RefineNumbers>> {
-        let argv = vec![
+        let mut argv = vec![
             s(particles),
             "--reference".into(),
             s(reference),
@@ -245,6 +252,9 @@ impl Runner for CliRunner<'_> {
             "--healpix-order".into(),
             self.a.healpix_order.to_string(),
         ];
+        if self.a.invert {
+            argv.push("--invert".into());
+        }
         let a: crate::cmd::refine::Args = sub_args(&argv)?;
         crate::cmd::refine::run(a, &self.sub)?;
         let sp = dir.join("summary.json");
@@ -372,6 +382,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<()> {
         "abinit_iterations": a.abinit_iterations,
         "refine_max_iter": a.refine_max_iter,
         "healpix_order": a.healpix_order,
+        "invert": a.invert,
     });
     let wiz = Wizard::new(&a.out, &mut runner, cfg, settings, command, a.resume)?;
     let st = wiz.run();
