@@ -11,19 +11,19 @@ fn model() -> String {
     std::fs::read_to_string(p).unwrap()
 }
 
-#[test]
-fn wizard_runs_every_step_records_them_and_resumes() {
-    let t = tempfile::tempdir().unwrap();
-    let d = t.path();
+/// Simulate `n` AdK particles (48 px, 2.5 Å/px, SNR 0.1, 30 % junk) with preferred
+/// orientation (`po_fraction` within `po_cone` degrees of z) into DIR/sim.
+fn simulate(d: &Path, n: usize, po_fraction: &str, po_cone: &str, seed: &str) -> std::path::PathBuf {
     let pdb = d.join("adk.pdb");
     std::fs::write(&pdb, model()).unwrap();
     let sim = d.join("sim");
+    let n = n.to_string();
     ok(&run(&[
         "simulate",
         "--model",
         pdb.to_str().unwrap(),
         "--n",
-        "400",
+        &n,
         "--box",
         "48",
         "--apix",
@@ -35,13 +35,23 @@ fn wizard_runs_every_step_records_them_and_resumes() {
         "--poses",
         "preferred",
         "--po-fraction",
-        "0.6",
+        po_fraction,
+        "--po-cone",
+        po_cone,
         "--seed",
-        "5",
+        seed,
         "--out",
         sim.to_str().unwrap(),
         "-q",
     ]));
+    sim
+}
+
+#[test]
+fn wizard_runs_every_step_records_them_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let sim = simulate(d, 400, "0.6", "30", "5");
     let star = sim.join("particles.star");
     let out = d.join("wiz");
     let quick = [
@@ -150,36 +160,8 @@ fn wizard_runs_every_step_records_them_and_resumes() {
 fn wizard_with_ranker_weights_scores_and_clusters_features() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let pdb = d.join("adk.pdb");
-    std::fs::write(&pdb, model()).unwrap();
-    let sim = d.join("sim");
     // Strong preferred orientation, so that the gate fails and the k-means branch runs.
-    ok(&run(&[
-        "simulate",
-        "--model",
-        pdb.to_str().unwrap(),
-        "--n",
-        "400",
-        "--box",
-        "48",
-        "--apix",
-        "2.5",
-        "--snr",
-        "0.1",
-        "--junk",
-        "0.3",
-        "--poses",
-        "preferred",
-        "--po-fraction",
-        "0.95",
-        "--po-cone",
-        "10",
-        "--seed",
-        "6",
-        "--out",
-        sim.to_str().unwrap(),
-        "-q",
-    ]));
+    let sim = simulate(d, 400, "0.95", "10", "6");
     let star = sim.join("particles.star");
     let rk = d.join("rk");
     ok(&run(&[

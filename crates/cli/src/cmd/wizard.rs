@@ -139,8 +139,7 @@ fn command(name: &str, argv: &[String]) -> String {
 }
 
 fn read_json(p: &Path) -> Result<Value> {
-    let t = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
-    serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", p.display()))
+    Ok(cryoforge_report::rundir::read_json(p)?)
 }
 
 fn num(v: &Value, key: &str, p: &Path) -> Result<f64> {
