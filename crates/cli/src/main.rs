@@ -56,6 +56,8 @@ enum Command {
     /// cryoPROS: auxiliary particles for preferred-orientation data.
     Pros(cmd::pros::Args),
     Wizard(cmd::wizard::Args),
+    /// CryoSolver: heterogeneous reconstruction on frozen Cryo-IEF features.
+    Solver(cmd::solver::Args),
 }
 
 /// Commands that split their work over MPI ranks (`mpirun -n K cryoforge …`, built with
@@ -161,6 +163,7 @@ fn main() {
         Command::Ranker(a) => cmd::ranker::run(a, &ctx),
         Command::Pros(a) => cmd::pros::run(a, &ctx),
         Command::Wizard(a) => cmd::wizard::run(a, &ctx),
+        Command::Solver(a) => cmd::solver::run(a, &ctx),
     };
     if let Err(e) = r {
         if world.is_distributed() {

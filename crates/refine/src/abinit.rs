@@ -193,20 +193,6 @@ pub fn abinit(
     obs: &dyn AbinitObserver,
 ) -> Result<AbinitOutcome, RefineError> {
     cfg.validate()?;
-    let d = stack.box_px()?;
-    let apix = stack.apix_a()?;
-    if d % 2 == 1 || d < 16 {
-        return Err(RefineError::Input(format!(
-            "{}: box of {d} px: ab initio needs an even box ≥ 16",
-            stack.path.display()
-        )));
-    }
-    if stack.ctf_premultiplied {
-        return Err(RefineError::Input(format!(
-            "{}: rlnCtfDataAreCtfPremultiplied = 1: ab initio needs particles that are not CTF-premultiplied",
-            stack.path.display()
-        )));
-    }
     let need = cfg.batch.max(2 * cfg.classes);
     if stack.len() < need {
         return Err(RefineError::Input(format!(
@@ -215,43 +201,10 @@ pub fn abinit(
             stack.len()
         )));
     }
-    let ctf = stack.require_ctf()?;
-    let sym: Symmetry =
-        cfg.symmetry.parse().map_err(|e: String| RefineError::Config(format!("--sym: {e}")))?;
-    let ops = sym.operators();
-    let box_a = d as f64 * apix;
-    let diameter_a = cfg.particle_diameter_a.unwrap_or(0.75 * box_a).clamp(0.2 * box_a, 0.95 * box_a);
-    let h = (d / 2) as f64;
-    let r = (diameter_a / (2.0 * apix)).min(h - 3.0);
-    let mask = spherical_mask(d, r, 5f64.min(h - 1.0 - r).max(1.0));
-    // The refine engine's settings for the searches of ab initio.
-    let rcfg = RefineConfig {
-        symmetry: cfg.symmetry.clone(),
-        invert: cfg.invert,
-        healpix_order: 2,
-        ..Default::default()
-    };
-    let halves = cryoforge_recon::half_assignment(stack, HalfSplit::Random { seed: cfg.seed })?;
-    let setup = Setup {
-        cfg: &rcfg,
-        stack,
-        ctf,
-        d,
-        apix,
-        diameter_a,
-        mask,
-        ops,
-        dirs: Vec::new(),
-        halves: halves.clone(),
-        members: [Vec::new(), Vec::new()],
-        offset_range_px: cfg.offset_range_a / apix,
-        truth: None,
-    };
+    let rcfg = engine_config(cfg);
+    let ctx = context(stack, cfg, &rcfg)?;
+    let halves = ctx.setup.halves.clone();
     let all: Vec<usize> = (0..stack.len()).collect();
-    let sigma2 = power_spectrum(stack, &all, 2000)?;
-    let recon_cfg = ReconConfig { symmetry: cfg.symmetry.clone(), invert: cfg.invert, ..Default::default() };
-    let ctx = Ctx { setup, sigma2, recon_cfg };
-
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xab17);
     let mut eval: Vec<usize> = all.clone();
     eval.shuffle(&mut rng);
@@ -316,9 +269,181 @@ pub fn abinit(
         iterations,
         chosen_start,
         start_scores,
-        diameter_a,
+        diameter_a: ctx.setup.diameter_a,
         halves,
     })
+}
+
+/// The refine engine's settings for the searches of ab initio (and [`search_maps`]).
+fn engine_config(cfg: &AbinitConfig) -> RefineConfig {
+    RefineConfig {
+        symmetry: cfg.symmetry.clone(),
+        invert: cfg.invert,
+        healpix_order: 2,
+        ..Default::default()
+    }
+}
+
+/// Checks the stack and builds what every search of a run shares: mask, symmetry,
+/// random halves and the noise spectrum.
+fn context<'a>(
+    stack: &'a ParticleStack,
+    cfg: &AbinitConfig,
+    rcfg: &'a RefineConfig,
+) -> Result<Ctx<'a>, RefineError> {
+    let d = stack.box_px()?;
+    let apix = stack.apix_a()?;
+    if d % 2 == 1 || d < 16 {
+        return Err(RefineError::Input(format!(
+            "{}: box of {d} px: ab initio needs an even box ≥ 16",
+            stack.path.display()
+        )));
+    }
+    if stack.ctf_premultiplied {
+        return Err(RefineError::Input(format!(
+            "{}: rlnCtfDataAreCtfPremultiplied = 1: ab initio needs particles that are not CTF-premultiplied",
+            stack.path.display()
+        )));
+    }
+    let ctf = stack.require_ctf()?;
+    let sym: Symmetry =
+        cfg.symmetry.parse().map_err(|e: String| RefineError::Config(format!("--sym: {e}")))?;
+    let ops = sym.operators();
+    let box_a = d as f64 * apix;
+    let diameter_a = cfg.particle_diameter_a.unwrap_or(0.75 * box_a).clamp(0.2 * box_a, 0.95 * box_a);
+    let h = (d / 2) as f64;
+    let r = (diameter_a / (2.0 * apix)).min(h - 3.0);
+    let mask = spherical_mask(d, r, 5f64.min(h - 1.0 - r).max(1.0));
+    let halves = cryoforge_recon::half_assignment(stack, HalfSplit::Random { seed: cfg.seed })?;
+    let setup = Setup {
+        cfg: rcfg,
+        stack,
+        ctf,
+        d,
+        apix,
+        diameter_a,
+        mask,
+        ops,
+        dirs: Vec::new(),
+        halves,
+        members: [Vec::new(), Vec::new()],
+        offset_range_px: cfg.offset_range_a / apix,
+        truth: None,
+    };
+    let all: Vec<usize> = (0..stack.len()).collect();
+    let sigma2 = power_spectrum(stack, &all, 2000)?;
+    let recon_cfg = ReconConfig { symmetry: cfg.symmetry.clone(), invert: cfg.invert, ..Default::default() };
+    Ok(Ctx { setup, sigma2, recon_cfg })
+}
+
+/// Settings of [`search_maps`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapSearchConfig {
+    /// Band of the last level (Å).
+    pub res_a: f64,
+    /// HEALPix order of the global grid (1: 15°, 2: 7.5°).
+    pub healpix_order: u32,
+    /// Shift search range (Å) around the box centre.
+    pub offset_range_a: f64,
+    /// Particle diameter (Å) for the reference mask; default 0.75 × the box.
+    pub particle_diameter_a: Option<f64>,
+    pub symmetry: String,
+    pub invert: bool,
+    pub seed: u64,
+}
+
+impl Default for MapSearchConfig {
+    fn default() -> Self {
+        MapSearchConfig {
+            res_a: 12.0,
+            healpix_order: 2,
+            offset_range_a: 10.0,
+            particle_diameter_a: None,
+            symmetry: "C1".into(),
+            invert: false,
+            seed: 0,
+        }
+    }
+}
+
+/// Global coarse-to-fine pose search of every particle of `stack` against the map it is
+/// assigned to (`assign[i]` indexes `maps`, D³ at the particles' pixel size): the search
+/// of ab initio's final assignment (projection bank × shifts, then finer cells with
+/// posterior pruning) with one map per group of particles. CryoSolver's hierarchical pose
+/// search calls it with the volumes its decoder gives at a few latent anchors.
+pub fn search_maps(
+    stack: &ParticleStack,
+    maps: &[Vec<f32>],
+    assign: &[usize],
+    cfg: &MapSearchConfig,
+) -> Result<Vec<SearchResult>, RefineError> {
+    if assign.len() != stack.len() {
+        return Err(RefineError::Input(format!(
+            "{}: {} particles but {} map assignments",
+            stack.path.display(),
+            stack.len(),
+            assign.len()
+        )));
+    }
+    if let Some((i, &g)) = assign.iter().enumerate().find(|(_, &g)| g >= maps.len()) {
+        return Err(RefineError::Input(format!("particle {i}: map {g} of {}", maps.len())));
+    }
+    if !(cfg.res_a.is_finite() && cfg.res_a > 0.0) || cfg.healpix_order > 4 {
+        return Err(RefineError::Config(format!(
+            "pose search at {} Å, HEALPix order {}: positive resolution and order ≤ 4",
+            cfg.res_a, cfg.healpix_order
+        )));
+    }
+    let acfg = AbinitConfig {
+        seed: cfg.seed,
+        particle_diameter_a: cfg.particle_diameter_a,
+        offset_range_a: cfg.offset_range_a,
+        symmetry: cfg.symmetry.clone(),
+        invert: cfg.invert,
+        ..Default::default()
+    };
+    let rcfg = engine_config(&acfg);
+    let ctx = context(stack, &acfg, &rcfg)?;
+    let n3 = ctx.setup.d.pow(3);
+    if let Some(g) = maps.iter().position(|m| m.len() != n3) {
+        return Err(RefineError::Input(format!(
+            "map {g}: {} voxels, the particles' box needs {n3}",
+            maps[g].len()
+        )));
+    }
+    let mut out: Vec<Option<SearchResult>> = vec![None; stack.len()];
+    for (g, m) in maps.iter().enumerate() {
+        let ids: Vec<usize> = (0..stack.len()).filter(|&i| assign[i] == g).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let res = search_all(
+            &ctx,
+            std::slice::from_ref(m),
+            &ids,
+            cfg.res_a,
+            cfg.healpix_order,
+            Scoring::Likelihood,
+        )?;
+        let mut res = res.into_iter().next().unwrap_or_default();
+        for &i in &ids {
+            out[i] = Some(std::mem::replace(&mut res[i], placeholder()));
+        }
+    }
+    Ok(out.into_iter().map(|r| r.unwrap_or_else(placeholder)).collect())
+}
+
+fn placeholder() -> SearchResult {
+    SearchResult {
+        best: Pose { rot: cryoforge_core::Rot3::IDENTITY, shift_px: [0.0, 0.0] },
+        score: f64::NEG_INFINITY,
+        max_prob: 0.0,
+        n_significant: 0,
+        ang_spread_deg: 0.0,
+        shift_spread_px: 0.0,
+        hits: Vec::new(),
+        scale: 0.0,
+    }
 }
 
 /// One start: random initial maps, then the SGD schedule. Returns the maps and priors.
@@ -487,16 +612,7 @@ fn search_all(
     };
     let offsets = shift_grid(su.offset_range_px, s0);
     let centres = vec![[0.0, 0.0]; ids.len()];
-    let placeholder = SearchResult {
-        best: Pose { rot: cryoforge_core::Rot3::IDENTITY, shift_px: [0.0, 0.0] },
-        score: f64::NEG_INFINITY,
-        max_prob: 0.0,
-        n_significant: 0,
-        ang_spread_deg: 0.0,
-        shift_spread_px: 0.0,
-        hits: Vec::new(),
-        scale: 0.0,
-    };
+    let placeholder = placeholder();
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
         let masked: Vec<f32> = m.iter().zip(&su.mask).map(|(v, w)| v * w).collect();

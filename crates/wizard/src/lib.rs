@@ -15,10 +15,14 @@
 //!    finest refinement with cFAR ≥ 0.15 wins.
 //!
 //! [`plan`] holds the decisions (no I/O), [`pipeline`] the steps and their record.
+//!
+//! [`solver`] is CryoSolver, the paper's heterogeneous reconstruction: a DRGN-AI volume
+//! decoder whose latents are the frozen Cryo-IEF features.
 
 pub mod pipeline;
 pub mod plan;
 pub mod score;
+pub mod solver;
 
 pub use pipeline::{read_state, Done, RefineNumbers, Runner, State, StepRecord, Wizard, STATE_FILE};
 pub use plan::{Candidate, Scaled, WizardConfig};

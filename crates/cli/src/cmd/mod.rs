@@ -21,6 +21,7 @@ pub mod refine;
 pub mod report;
 pub mod select;
 pub mod simulate;
+pub mod solver;
 pub mod sphere;
 pub mod star;
 pub mod wizard;
