@@ -292,15 +292,10 @@ fn build_batch(
                 let i = ids[j];
                 let pose = &poses[i];
                 data.particle(i, pose.shift_px, w, x, c)?;
-                let a = &pose.rot.0;
                 for (e, en) in data.band.entries().iter().enumerate() {
-                    let (kx, ky) = (en.k[0] as f64, en.k[1] as f64);
-                    let k3 = [
-                        (kx * a[0][0] + ky * a[1][0]) as f32,
-                        (kx * a[0][1] + ky * a[1][1]) as f32,
-                        (kx * a[0][2] + ky * a[1][2]) as f32,
-                    ];
-                    let (f, s) = fold(k3);
+                    // CONVENTIONS rule 3: the slice samples Aᵀ(kₓ, k_y, 0).
+                    let k3 = pose.rot.apply_transpose([en.k[0] as f64, en.k[1] as f64, 0.0]);
+                    let (f, s) = fold(k3.map(|v| v as f32));
                     dec.encode(f, &mut pe[e * q2..(e + 1) * q2]);
                     sg[e] = s;
                     // The model of X is −c·V̂ (refine's convention): fold the minus in.
@@ -493,26 +488,31 @@ pub fn train(
     let mut opt = Adam::new(vec![ParamGroup::new("decoder", vars.clone(), cfg.lr)], AdamConfig::adam())?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x501e);
     let search_at = cfg.search_epochs();
-    let g = cfg.search_volumes.min(n);
+    // The latents are frozen: their anchors (k-means, seeded) are the same at every search.
+    let anchors = if search_at.is_empty() {
+        None
+    } else {
+        let zm = Matrix::new(z.iter().map(|&v| v as f64).collect(), n, zdim).map_err(|e| anyhow!("{e}"))?;
+        let opts =
+            KMeansOptions { n_init: 3, seed: cfg.seed, ..KMeansOptions::new(cfg.search_volumes.min(n)) };
+        let km = kmeans(zm.view(), &opts).map_err(|e| anyhow!("k-means of the latents: {e}"))?;
+        let at = cluster_centres_snapped(zm.view(), &km).map_err(|e| anyhow!("{e}"))?;
+        Some((at, km.labels))
+    };
     let mut log = String::new();
     let p = data.band.len();
     for epoch in 0..cfg.epochs {
         let te = Instant::now();
         let mut change = None;
-        if search_at.contains(&epoch) {
-            let zm =
-                Matrix::new(z.iter().map(|&v| v as f64).collect(), n, zdim).map_err(|e| anyhow!("{e}"))?;
-            let km = kmeans(zm.view(), &KMeansOptions { n_init: 3, seed: cfg.seed, ..KMeansOptions::new(g) })
-                .map_err(|e| anyhow!("k-means of the latents: {e}"))?;
-            let anchors = cluster_centres_snapped(zm.view(), &km).map_err(|e| anyhow!("{e}"))?;
+        if let (true, Some((anchors, labels))) = (search_at.contains(&epoch), &anchors) {
             progress.say(&format!(
                 "epoch {}: pose search of {n} particles against {} decoder volumes at {:.1} Å",
                 epoch + 1,
                 anchors.len(),
                 search.res_a
             ));
-            let vols = anchor_volumes(&dec, &z, &anchors, scale, data.band.k_max())?;
-            let r = cryoforge_refine::abinit::search_maps(stack, &vols, &km.labels, &search)?;
+            let vols = anchor_volumes(&dec, &z, anchors, scale, data.band.k_max())?;
+            let r = cryoforge_refine::abinit::search_maps(stack, &vols, labels, &search)?;
             let new: Vec<Pose> = r.into_iter().map(|r| r.best).collect();
             change = Some(median_change_deg(&poses, &new));
             poses = new;
